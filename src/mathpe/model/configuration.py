@@ -1,0 +1,85 @@
+"""Configuration of mathpe's decoder, and the ``--model_size`` presets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import PreTrainedConfig
+
+from mathpe.pe.registry import pe_class, pe_options
+
+
+@strict
+class MathPEConfig(PreTrainedConfig):
+    """A pre-LayerNorm causal decoder whose positional encoding is any PE of the zoo.
+
+    Args:
+        pe: registry name of the positional encoding (``mathpe.pe.list_pes()``).
+        pe_options: the method's options (``mathpe.pe.pe_options(pe)`` lists them with defaults).
+        max_position_embeddings: the training context length; PEs with a table (``learned``) stop there,
+            scaled PEs use it as their reference length.
+    """
+
+    model_type = "mathpe"
+    attribute_map = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
+
+    pe: str = "rope"
+    pe_options: dict | None = None
+    vocab_size: int = 32
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int | None = None
+    max_position_embeddings: int = 256
+    dropout: float = 0.0
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+    use_cache: bool = True
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        if self.intermediate_size is None:
+            self.intermediate_size = 4 * self.hidden_size
+        super().__post_init__(**kwargs)
+
+    def validate_architecture(self) -> None:
+        """Check the PE name and options and the head split (a one-line ValueError each)."""
+        pe_class(self.pe)
+        unknown = sorted(set(self.pe_options or {}) - set(pe_options(self.pe)))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for PE {self.pe!r}; allowed: {sorted(pe_options(self.pe))}"
+            )
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+#: ``--model_size`` presets of the decoder: (hidden_size, num_layers, num_heads, max_position_embeddings).
+PRESETS: dict[str, dict[str, int]] = {
+    # ~0.8M parameters: trains an addition model in minutes on one CPU core.
+    "tiny": {"hidden_size": 128, "num_layers": 4, "num_heads": 4, "max_position_embeddings": 256},
+    # ~12M parameters.
+    "small": {"hidden_size": 384, "num_layers": 6, "num_heads": 6, "max_position_embeddings": 1024},
+    # Pythia-160M's shape (12 layers, d=768, 12 heads, 2048 context).
+    "base": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "max_position_embeddings": 2048},
+}
+
+
+def preset_config(size: str, *, pe: str = "rope", vocab_size: int = 32, **overrides: Any) -> MathPEConfig:
+    """A ``MathPEConfig`` for ``--model_size`` ``tiny`` / ``small`` / ``base`` with PE ``pe``.
+
+    ``overrides`` replace any config field (e.g. ``pe_options``, ``max_position_embeddings``).
+    """
+    if size not in PRESETS:
+        raise ValueError(
+            f"unknown model size {size!r}; presets are {', '.join(PRESETS)} (or a model id / path)"
+        )
+    return MathPEConfig(pe=pe, vocab_size=vocab_size, **{**PRESETS[size], **overrides})

@@ -1,0 +1,131 @@
+"""Rotary PEs: RoPE and the shared rotary math (half-split layout of GPT-NeoX and Llama)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from mathpe.pe.base import PositionalEncoding, float32_compute
+from mathpe.pe.registry import register
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(..., d) -> (..., d): [x1, x2] -> [-x2, x1] with x1, x2 the two halves of the last dim."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate the first ``cos.shape[-1]`` dims of q and k; the rest passes through (partial rotary).
+
+    Args:
+        q, k: (batch, heads, seq, head_dim).
+        cos, sin: (batch, seq, rotary_dim) or (batch, heads, seq, rotary_dim), in q's dtype.
+    """
+    if cos.dim() == 3:
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    rotary_dim = cos.shape[-1]
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        if rotary_dim == x.shape[-1]:
+            return x * cos + rotate_half(x) * sin
+        x_rot, x_pass = x[..., :rotary_dim], x[..., rotary_dim:]
+        return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+    return rotate(q), rotate(k)
+
+
+def rope_inverse_frequencies(rotary_dim: int, base: float) -> torch.Tensor:
+    """(rotary_dim // 2,) float32: ``base ** (-2i / rotary_dim)``, as transformers' default rope init."""
+    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+
+
+def rotary_dim_for(head_dim: int, rotary_fraction: float) -> int:
+    """Number of rotated dims for a partial-rotary fraction (GPT-NeoX: ``int(head_dim * fraction)``)."""
+    if not 0.0 < rotary_fraction <= 1.0:
+        raise ValueError(f"rotary_fraction must be in (0, 1], got {rotary_fraction!r}")
+    rotary_dim = int(head_dim * rotary_fraction)
+    if rotary_dim < 2 or rotary_dim % 2:
+        raise ValueError(
+            f"rotary_fraction={rotary_fraction!r} of head_dim={head_dim} gives {rotary_dim} rotary dims; "
+            "it must be an even number >= 2"
+        )
+    return rotary_dim
+
+
+class RotaryEncoding(PositionalEncoding):
+    """Base of the rotary family: subclasses define ``angles``; cos/sin and rotation are shared.
+
+    ``attention_scaling`` multiplies cos and sin (YaRN's attention factor; 1.0 otherwise).
+    """
+
+    kind: ClassVar[str] = "rotary"
+    float32_buffers: ClassVar[tuple[str, ...]] = ("inv_freq",)
+
+    def __init__(
+        self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int, rotary_dim: int
+    ) -> None:
+        super().__init__(
+            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
+        )
+        self.rotary_dim = rotary_dim
+        self.attention_scaling = 1.0
+
+    def angles(self, position_ids: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) positions -> (batch, seq, rotary_dim // 2) float32 angles."""
+        return position_ids.float().unsqueeze(-1) * self.inv_freq.float()
+
+    def cos_sin(
+        self, position_ids: torch.Tensor, dtype: torch.dtype, **extra: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch, seq) positions -> cos, sin of shape (batch, seq, rotary_dim), computed in float32."""
+        with float32_compute(position_ids.device):
+            angles = self.angles(position_ids, **extra)
+            emb = torch.cat((angles, angles), dim=-1)
+            cos, sin = emb.cos() * self.attention_scaling, emb.sin() * self.attention_scaling
+        return cos.to(dtype), sin.to(dtype)
+
+    def apply(
+        self, q: torch.Tensor, k: torch.Tensor, position_ids: torch.Tensor, **extra: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotate q, k (batch, heads, seq, head_dim) by the angles of ``position_ids`` (batch, seq)."""
+        cos, sin = self.cos_sin(position_ids, q.dtype, **extra)
+        return apply_rotary(q, k, cos, sin)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rotary_dim={self.rotary_dim}"
+
+
+@register("rope")
+class RoPE(RotaryEncoding):
+    """Rotary position embedding (Su et al. 2021), GPT-NeoX / Llama half-split layout.
+
+    Options:
+        base: frequency base, 10000 in most models.
+        rotary_fraction: fraction of each head's dims that rotate (GPT-NeoX ``rotary_pct``); the rest pass.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_heads: int,
+        head_dim: int,
+        hidden_size: int,
+        max_position: int,
+        base: float = 10000.0,
+        rotary_fraction: float = 1.0,
+    ) -> None:
+        if base <= 1.0:
+            raise ValueError(f"base must be > 1, got {base!r}")
+        super().__init__(
+            num_heads=num_heads,
+            head_dim=head_dim,
+            hidden_size=hidden_size,
+            max_position=max_position,
+            rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
+        )
+        self.base = base
+        self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, base), persistent=False)
