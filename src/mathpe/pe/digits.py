@@ -40,3 +40,44 @@ def digit_run_lengths(is_digit: torch.Tensor, carry: torch.Tensor | None = None)
     marker = torch.where(is_digit, torch.as_tensor(start, device=is_digit.device).expand(batch, seq), index)
     last_non_digit = marker.cummax(dim=1).values
     return index - last_non_digit
+
+
+def is_digit_token(input_ids: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) ids -> (batch, seq) bool via a ``digit_lookup`` table; ids past the table are not digits."""
+    size = lookup.shape[0]
+    return (input_ids < size) & lookup[input_ids.clamp(max=size - 1)]
+
+
+class DigitRunsMixin:
+    """For PEs indexed by digit place (``abacus``, ``math_rope``): the ``digit_token_ids`` option, and a
+    ``prepare`` that passes ``digit_runs`` (batch, seq) to the PE and carries the open run across cached steps.
+
+    Call ``init_digit_runs(digit_token_ids)`` in ``__init__``. Without token ids (``inputs_embeds`` only) or
+    without ``digit_token_ids`` there are no digits: every run length is 0.
+    """
+
+    uses_token_ids = True
+
+    def init_digit_runs(self, digit_token_ids: list[int] | None) -> None:
+        ids = sorted(set(digit_token_ids or []))
+        self.digit_token_ids = ids
+        vocab = (max(ids) + 1) if ids else 1
+        self.register_buffer("digit_table", digit_lookup(vocab, ids), persistent=False)
+
+    def prepare(
+        self,
+        *,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        state: torch.Tensor | None = None,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        if input_ids is None:
+            batch, seq = inputs_embeds.shape[:2]
+            is_digit = torch.zeros(batch, seq, dtype=torch.bool, device=inputs_embeds.device)
+        else:
+            is_digit = is_digit_token(input_ids, self.digit_table)
+        if attention_mask is not None:
+            is_digit = is_digit & attention_mask.bool()
+        runs = digit_run_lengths(is_digit, state)
+        return {"digit_runs": runs}, runs[:, -1]
