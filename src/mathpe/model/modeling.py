@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from mathpe.attention import PEContext, build_pe_context, pe_attention, reorder_pe_cache
 from mathpe.model.configuration import MathPEConfig
-from mathpe.pe import build_pe
+from mathpe.pe import PositionalEncoding, build_pe
 
 
 class MathPEAttention(nn.Module):
@@ -90,6 +90,14 @@ class MathPEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """Initialise the transformer's own layers; PEs keep the initialisation their methods define."""
+        if any(
+            module is part
+            for pe in self.modules()
+            if isinstance(pe, PositionalEncoding)
+            for part in pe.modules()
+        ):
+            return
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:

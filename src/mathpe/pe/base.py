@@ -18,8 +18,9 @@ earlier tokens (the length of the current digit run, a running count) stays exac
 The dict it returns is passed as keyword arguments to ``embed`` / ``apply`` / ``bias``.
 
 Conventions every PE keeps:
-- All state is parameters or buffers, so ``.to(device)`` / ``.to(dtype)`` moves everything; nothing in a
-  forward pass creates a tensor on a fixed device.
+- All state is parameters or persistent buffers, so ``.to(device)`` / ``.to(dtype)`` moves everything,
+  ``save_pretrained`` stores it and loading restores it (transformers 5 leaves non-persistent buffers
+  uninitialised when it loads a checkpoint); nothing in a forward pass creates a tensor on a fixed device.
 - Angles, cos/sin and biases are computed in float32 (also under autocast or after ``.half()``) and cast to
   the activation dtype last (``float32_compute`` below).
 - Positions are arbitrary integer tensors (batch, seq): never assumed to be ``arange``.
@@ -41,6 +42,9 @@ KINDS: tuple[Kind, ...] = ("none", "additive", "rotary", "bias")
 @contextlib.contextmanager
 def float32_compute(device: torch.device) -> Iterator[None]:
     """Disable autocast for the PE math inside, so it runs in float32 whatever the caller's autocast."""
+    if not torch.amp.is_autocast_available(device.type):  # e.g. the meta device: no autocast to disable
+        yield
+        return
     with torch.autocast(device_type=device.type, enabled=False):
         yield
 

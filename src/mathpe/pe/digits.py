@@ -62,7 +62,7 @@ class DigitRunsMixin:
         ids = sorted(set(digit_token_ids or []))
         self.digit_token_ids = ids
         vocab = (max(ids) + 1) if ids else 1
-        self.register_buffer("digit_table", digit_lookup(vocab, ids), persistent=False)
+        self.register_buffer("digit_table", digit_lookup(vocab, ids))
 
     def prepare(
         self,

@@ -52,7 +52,7 @@ def pe_class(name: str) -> type[PositionalEncoding]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown PE {name!r}; choose one of: {', '.join(_REGISTRY)}") from None
+        raise ValueError(f"unknown PE {name!r}; choose one of: {', '.join(list_pes())}") from None
 
 
 def pe_options(name: str) -> dict[str, Any]:

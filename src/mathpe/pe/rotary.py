@@ -1,8 +1,13 @@
-"""Rotary PEs: RoPE and the shared rotary math (half-split layout of GPT-NeoX and Llama)."""
+"""Rotary PEs: RoPE and the math the rotary family shares (half-split layout of GPT-NeoX and Llama).
+
+The rest of the family builds on ``RotaryEncoding``: ``long_rope`` (context extension, ``long_rope.py``),
+``math_rope`` (learnable scale + digit places, ``math_rope.py``) and ``math_adaptive`` (content-adaptive
+frequencies and contextual positions, ``math_adaptive.py``).
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,9 +43,30 @@ def apply_rotary(
     return rotate(q), rotate(k)
 
 
-def rope_inverse_frequencies(rotary_dim: int, base: float) -> torch.Tensor:
-    """(rotary_dim // 2,) float32: ``base ** (-2i / rotary_dim)``, as transformers' default rope init."""
-    return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+def rope_exponents(rotary_dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """(rotary_dim // 2,) float32 exponents ``2i / rotary_dim`` of the frequency base."""
+    return torch.arange(0, rotary_dim, 2, dtype=torch.int64, device=device).float() / rotary_dim
+
+
+def rope_inverse_frequencies(rotary_dim: int, base: float | torch.Tensor) -> torch.Tensor:
+    """(rotary_dim // 2,) float32: ``base ** (-2i / rotary_dim)``, as transformers' default rope init.
+
+    ``base`` may be a 0-d tensor (dynamic NTK computes it per forward); the result is then on its device.
+    """
+    device = base.device if isinstance(base, torch.Tensor) else None
+    return 1.0 / (base ** rope_exponents(rotary_dim, device))
+
+
+def check_base(base: float) -> float:
+    """The frequency base, validated: it must exceed 1 so that frequencies decrease along the head."""
+    if not base > 1.0:
+        raise ValueError(f"base must be > 1, got {base!r}")
+    return float(base)
+
+
+def rotary_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) int or float positions x (rotary_dim // 2,) frequencies -> (batch, seq, rotary_dim // 2)."""
+    return positions.float().unsqueeze(-1) * inv_freq.float()
 
 
 def rotary_dim_for(head_dim: int, rotary_fraction: float) -> int:
@@ -60,10 +86,14 @@ class RotaryEncoding(PositionalEncoding):
     """Base of the rotary family: subclasses define ``angles``; cos/sin and rotation are shared.
 
     ``attention_scaling`` multiplies cos and sin (YaRN's attention factor; 1.0 otherwise).
+    ``float32_parameters`` names learnable parameters that set the angles (scales, frequency adjustments):
+    like ``float32_buffers`` they keep float32 when the module is cast to float16 / bfloat16, because an
+    angle error grows with the position (a scale rounded to float16 is off by ~0.1 rad at position 300).
     """
 
     kind: ClassVar[str] = "rotary"
     float32_buffers: ClassVar[tuple[str, ...]] = ("inv_freq",)
+    float32_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int, rotary_dim: int
@@ -74,9 +104,18 @@ class RotaryEncoding(PositionalEncoding):
         self.rotary_dim = rotary_dim
         self.attention_scaling = 1.0
 
+    def _apply(self, fn: Any, recurse: bool = True) -> RotaryEncoding:
+        kept = {name: self._parameters[name].data for name in self.float32_parameters}
+        super()._apply(fn, recurse)
+        for name, original in kept.items():
+            parameter = self._parameters[name]
+            if parameter.dtype in (torch.float16, torch.bfloat16):
+                parameter.data = original.to(device=parameter.device, dtype=torch.float32)
+        return self
+
     def angles(self, position_ids: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         """(batch, seq) positions -> (batch, seq, rotary_dim // 2) float32 angles."""
-        return position_ids.float().unsqueeze(-1) * self.inv_freq.float()
+        return rotary_angles(position_ids, self.inv_freq)
 
     def cos_sin(
         self, position_ids: torch.Tensor, dtype: torch.dtype, **extra: torch.Tensor
@@ -118,8 +157,6 @@ class RoPE(RotaryEncoding):
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
     ) -> None:
-        if base <= 1.0:
-            raise ValueError(f"base must be > 1, got {base!r}")
         super().__init__(
             num_heads=num_heads,
             head_dim=head_dim,
@@ -128,4 +165,4 @@ class RoPE(RotaryEncoding):
             rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
         )
         self.base = base
-        self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, base), persistent=False)
+        self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, base))
