@@ -1,0 +1,1 @@
+"""The ``mathpe`` command line."""

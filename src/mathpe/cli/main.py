@@ -1,0 +1,291 @@
+"""The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``verify``, ``bench``.
+
+Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length) ends with
+a one-line ``mathpe: error: ...`` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mathpe.eval.tasks import DATASETS, ArithmeticSettings
+from mathpe.model.configuration import PRESETS
+from mathpe.pe import list_pes
+from mathpe.train.compare import COMPARE_PRESETS
+
+EXIT_USAGE = 2
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def digit_range(text: str) -> tuple[int, int]:
+    """``"1-8"`` -> (1, 8)."""
+    try:
+        low, high = (int(part) for part in text.split("-"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a digit range like 1-8, got {text!r}") from None
+    return low, high
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """``"1-16,20,24"`` -> (1, 2, ..., 16, 20, 24)."""
+    values: list[int] = []
+    for part in comma_list(text):
+        low, _, high = part.partition("-")
+        try:
+            values += range(int(low), int(high or low) + 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected lengths like 1-16,20,24, got {text!r}") from None
+    return tuple(values)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The founding flags of ``scripts/train_and_eval.py`` and the rest of a run's settings."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model_size",
+        default="tiny",
+        help=f"a preset of mathpe's decoder ({', '.join(PRESETS)}; trained from scratch) or a transformers "
+        "model id / local path (loaded pretrained, its PE swapped to --pe)",
+    )
+    model.add_argument(
+        "--pe_options",
+        default="{}",
+        help="JSON object of PE options, e.g. '{\"base\": 500000}' (see mathpe verify)",
+    )
+    model.add_argument(
+        "--use_lora", action="store_true", help="train LoRA adapters (PEFT) and the PE's parameters"
+    )
+    model.add_argument("--lora_r", type=int, default=8)
+    model.add_argument("--gradient_checkpointing", action="store_true")
+    precision = model.add_mutually_exclusive_group()
+    precision.add_argument("--fp16", action="store_true", help="fp16 mixed precision (CUDA only)")
+    precision.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
+
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--datasets", type=comma_list, default=("addition",), help=f"comma list of: {', '.join(DATASETS)}"
+    )
+    data.add_argument(
+        "--data_dir", default=None, help="folder with gsm8k/ and math/ JSONL files (default $MATHPE_DATA)"
+    )
+    data.add_argument(
+        "--max_length", type=int, default=None, help="truncate training sequences to this many tokens"
+    )
+    data.add_argument(
+        "--train_samples", type=int, default=20_000, help="training examples per dataset (at most)"
+    )
+    data.add_argument(
+        "--eval_samples", type=int, default=None, help="evaluation items (per length for arithmetic)"
+    )
+    data.add_argument(
+        "--train_digits", type=digit_range, default=(1, 8), help="arithmetic operand digits, e.g. 1-8"
+    )
+    data.add_argument(
+        "--eval_lengths",
+        type=int_list,
+        default=tuple(range(1, 17)),
+        help="arithmetic eval lengths, e.g. 1-16,20",
+    )
+    data.add_argument(
+        "--format", choices=("reversed", "plain"), default="reversed", help="arithmetic answer format"
+    )
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--batch_size", type=int, default=32)
+    training.add_argument("--max_steps", type=int, default=None)
+    training.add_argument("--epochs", type=float, default=1.0)
+    training.add_argument(
+        "--learning_rate", type=float, default=None, help="default 1e-3 from scratch, 2e-4 pretrained"
+    )
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--time_budget", type=float, default=None, help="seconds of training per run")
+    training.add_argument("--save_steps", type=int, default=200)
+    training.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    training.add_argument("--eval_batch_size", type=int, default=64)
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--experiment_name", default="mathpe")
+    output.add_argument("--output_dir", default=None, help="default runs/<experiment_name>")
+    output.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's last checkpoint"
+    )
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_config_from(args: argparse.Namespace, pe: str) -> Any:
+    from mathpe.train.config import ConfigError, RunConfig
+
+    try:
+        pe_options = json.loads(args.pe_options)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--pe_options is not valid JSON ({error.msg}): {args.pe_options!r}") from None
+    if not isinstance(pe_options, dict):
+        raise ConfigError(f"--pe_options must be a JSON object, got {args.pe_options!r}")
+    return RunConfig(
+        pe=pe,
+        pe_options=pe_options,
+        model_size=args.model_size,
+        datasets=args.datasets,
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        use_lora=args.use_lora,
+        lora_r=args.lora_r,
+        gradient_checkpointing=args.gradient_checkpointing,
+        fp16=args.fp16,
+        bf16=args.bf16,
+        max_steps=args.max_steps,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        seed=args.seed,
+        train_samples=args.train_samples,
+        eval_samples=args.eval_samples,
+        eval_batch_size=args.eval_batch_size,
+        experiment_name=args.experiment_name,
+        output_dir=args.output_dir,
+        resume=args.resume,
+        time_budget=args.time_budget,
+        save_steps=args.save_steps,
+        threads=args.threads,
+        arithmetic=ArithmeticSettings(
+            train_digits=args.train_digits, eval_lengths=args.eval_lengths, fmt=args.format
+        ),
+    ).validate()
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from mathpe.eval.report import percent
+    from mathpe.train.run import run_experiment
+
+    result = run_experiment(run_config_from(args, args.pe), progress=not args.quiet)
+    for dataset, metrics in result.metrics.items():
+        headline = metrics["headline"]
+        line = f"{dataset}: {headline} {percent(metrics[headline])}%"
+        if metrics.get(f"{headline}_in_distribution") is not None:
+            line += (
+                f" (in-distribution {percent(metrics[f'{headline}_in_distribution'])}%, "
+                f"longer {percent(metrics[f'{headline}_out_of_distribution'])}%)"
+            )
+        print(line)
+    if result.metrics:
+        print(f"outputs: {result.run_dir}")
+    return 0
+
+
+def command_eval(args: argparse.Namespace) -> int:
+    from mathpe.train.evaluate_run import evaluate_saved_run
+
+    result = evaluate_saved_run(Path(args.run_dir), eval_samples=args.eval_samples, data_dir=args.data_dir)
+    for dataset, metrics in result.items():
+        print(f"{dataset}: " + ", ".join(f"{m} {100 * metrics[m]:.1f}%" for m in metrics["by_group"]))
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from mathpe.train.compare import DEFAULT_PES, run_comparison
+
+    if args.pe == "default":
+        pes = COMPARE_PRESETS[args.preset].pes if args.preset else DEFAULT_PES
+    else:
+        pes = list_pes() if args.pe == "all" else comma_list(args.pe)
+    configs = [run_config_from(args, pe) for pe in pes]
+    output_dir = Path(args.output_dir or f"runs/{args.experiment_name}")
+    table = run_comparison(configs, seeds=args.seeds or (args.seed,), jobs=args.jobs, output_dir=output_dir)
+    print(table)
+    return 0
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    from mathpe.verify import run_verification
+
+    return 0 if run_verification(json_path=args.json, quick=args.quick) else 1
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from mathpe.bench import run_benchmarks
+
+    run_benchmarks(quick=args.quick, json_path=args.json)
+    return 0
+
+
+def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``compare_defaults`` are a ``--preset``'s settings (user flags still win)."""
+    parser = argparse.ArgumentParser(
+        prog="mathpe", description="Positional encodings for math in transformers."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train one PE and evaluate it")
+    train.add_argument("--pe", default="rope", help=f"one of: {', '.join(list_pes())}")
+    add_run_arguments(train)
+    train.set_defaults(handler=command_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a finished run folder again")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--eval_samples", type=int, default=None)
+    evaluate.add_argument("--data_dir", default=None)
+    evaluate.set_defaults(handler=command_eval)
+
+    compare = commands.add_parser("compare", help="train several PEs with the same budget and compare them")
+    compare.add_argument(
+        "--pe",
+        default="default",
+        help="comma list of PEs, 'all', or 'default' (the founding eight, nope, abacus)",
+    )
+    compare.add_argument("--preset", default=None, help="a named recipe (see README), e.g. addition-length")
+    compare.add_argument("--seeds", type=lambda text: tuple(int(s) for s in comma_list(text)), default=None)
+    compare.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
+    add_run_arguments(compare)
+    compare.set_defaults(handler=command_compare, **(compare_defaults or {}))
+
+    verify = commands.add_parser("verify", help="check every PE in every model, dtype and device")
+    verify.add_argument("--json", default=None, help="also write the table as JSON here")
+    verify.add_argument("--quick", action="store_true", help="fewer lengths (for CI smoke tests)")
+    verify.set_defaults(handler=command_verify)
+
+    bench = commands.add_parser("bench", help="time each PE and compare with transformers / x-transformers")
+    bench.add_argument("--quick", action="store_true", help="small sizes, under two minutes on 2 CPU cores")
+    bench.add_argument("--json", default=None)
+    bench.set_defaults(handler=command_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "compare" and args.preset:
+        if args.preset not in COMPARE_PRESETS:
+            print(
+                f"mathpe: error: unknown preset {args.preset!r}; choose from: {', '.join(COMPARE_PRESETS)}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        args = build_parser(COMPARE_PRESETS[args.preset].arguments).parse_args(argv)
+    from mathpe.train.trainer import TrainingDivergedError
+
+    try:
+        return args.handler(args)
+    except TrainingDivergedError as error:
+        print(f"mathpe: error: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, OSError) as error:
+        if os.environ.get("MATHPE_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"mathpe: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mathpe: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

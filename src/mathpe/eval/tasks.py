@@ -1,0 +1,145 @@
+"""Tasks as data: what to train on, what to evaluate, how to grade, for each ``--datasets`` name.
+
+Like lm-evaluation-harness's task YAMLs, a ``Task`` holds its training pairs, its evaluation items (each in
+a group: the operand length for arithmetic, the subject for MATH), its grader and generation settings in
+one declarative place; the pipeline treats every task the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from mathpe.data.arithmetic import ArithmeticTask, build_splits
+from mathpe.data.gsm8k import load_gsm8k
+from mathpe.data.math import load_math
+from mathpe.eval.grading import (
+    GSM8K_STOP_SEQUENCES,
+    MATH_STOP_SEQUENCES,
+    grade_arithmetic,
+    grade_gsm8k,
+    grade_math,
+)
+
+ARITHMETIC_OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
+TEXT_DATASETS = ("gsm8k", "math")
+DATASETS = (*ARITHMETIC_OPS, *TEXT_DATASETS)
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    """One evaluation prompt with its reference and its reporting group."""
+
+    prompt: str
+    reference: str
+    group: int | str
+
+
+@dataclass(frozen=True)
+class Task:
+    """A dataset as the pipeline sees it.
+
+    Attributes:
+        name: the ``--datasets`` name.
+        train_pairs: ``(prompt, target)`` pairs, loss on the target only.
+        eval_items: evaluation prompts with references.
+        grade: ``(completion, reference) -> {metric: verdict, ...}`` (extra non-bool keys are kept).
+        metrics: names of the boolean verdicts ``grade`` returns, the first being the headline metric.
+        max_new_tokens: generation budget per prompt.
+        stop: strings that end a completion (besides EOS).
+        train_groups: groups seen in training (in-distribution), for arithmetic length splits.
+    """
+
+    name: str
+    train_pairs: list[tuple[str, str]]
+    eval_items: list[EvalItem]
+    grade: Callable[[str, str], dict[str, Any]]
+    metrics: tuple[str, ...]
+    max_new_tokens: int
+    stop: tuple[str, ...] = ()
+    train_groups: frozenset[int | str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class ArithmeticSettings:
+    """The synthetic-arithmetic recipe: training digit range, evaluation lengths and text format."""
+
+    train_digits: tuple[int, int] = (1, 8)
+    eval_lengths: tuple[int, ...] = tuple(range(1, 17))
+    fmt: str = "reversed"
+    zero_pad: bool = False
+    eval_per_length: int = 100
+
+
+def build_task(
+    name: str,
+    *,
+    seed: int,
+    train_samples: int,
+    eval_samples: int | None,
+    data_dir: str | Path | None = None,
+    arithmetic: ArithmeticSettings | None = None,
+) -> Task:
+    """Build the task ``name`` (one of ``DATASETS``).
+
+    ``eval_samples`` caps the evaluation items (per length for arithmetic, in total otherwise; None: all).
+    """
+    if name in ARITHMETIC_OPS:
+        return _arithmetic_task(name, seed, train_samples, eval_samples, arithmetic or ArithmeticSettings())
+    if name == "gsm8k":
+        train = load_gsm8k("train", data_dir, limit=train_samples)
+        test = load_gsm8k("test", data_dir, limit=eval_samples)
+        return Task(
+            name=name,
+            train_pairs=[example.training_pair() for example in train],
+            eval_items=[EvalItem(example.prompt(), example.answer, "all") for example in test],
+            grade=grade_gsm8k,
+            metrics=("strict_match", "flexible_extract"),
+            max_new_tokens=256,
+            stop=GSM8K_STOP_SEQUENCES,
+        )
+    if name == "math":
+        train = load_math("train", data_dir, limit=train_samples)
+        test = load_math("test500", data_dir, limit=eval_samples)
+        return Task(
+            name=name,
+            train_pairs=[example.training_pair() for example in train],
+            eval_items=[EvalItem(example.prompt(), example.solution, example.type) for example in test],
+            grade=grade_math,
+            metrics=("math_verify", "is_equiv"),
+            max_new_tokens=512,
+            stop=MATH_STOP_SEQUENCES,
+        )
+    raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
+
+
+def _arithmetic_task(
+    name: str, seed: int, train_samples: int, eval_samples: int | None, settings: ArithmeticSettings
+) -> Task:
+    low, high = settings.train_digits
+    task = ArithmeticTask(ARITHMETIC_OPS[name], low, high, fmt=settings.fmt, zero_pad=settings.zero_pad)
+    per_length = settings.eval_per_length if eval_samples is None else eval_samples
+    splits = build_splits(task, train_samples, seed, settings.eval_lengths, per_length)
+    items = [
+        EvalItem(example.prompt, example.answer, length)
+        for length, examples in splits.eval_by_length.items()
+        for example in examples
+    ]
+    longest_answer = max(len(item.reference) for item in items)
+    return Task(
+        name=name,
+        train_pairs=[(example.prompt, example.answer) for example in splits.train],
+        eval_items=items,
+        grade=partial(_grade_arithmetic, fmt=settings.fmt),
+        metrics=("exact_match",),
+        max_new_tokens=longest_answer + 2,
+        train_groups=frozenset(range(low, high + 1)),
+    )
+
+
+def _grade_arithmetic(completion: str, reference: str, fmt: str) -> dict[str, Any]:
+    """Exact match of the integer; the reference is the answer text in the task's format."""
+    return {"exact_match": grade_arithmetic(completion, reference, fmt)}

@@ -1,0 +1,1 @@
+"""Training and experiment running: settings, model setup, the Trainer, one run, comparisons."""

@@ -1,0 +1,229 @@
+"""``mathpe compare``: train several PEs with the same data, model, budget and seeds, then one table and plot.
+
+Runs go to worker processes, one torch thread each (``--jobs``, default 2 = one per core on a 2-core CPU):
+for small models, two single-threaded jobs side by side finish far sooner than one job on two threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import statistics
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathpe.eval.report import markdown_table, percent, plot_accuracy_by_length, write_json, write_text
+from mathpe.pe.registry import FOUNDING_PES
+from mathpe.train.config import RunConfig
+
+#: The README's embedded default: the founding eight plus the two baselines that matter most for arithmetic.
+DEFAULT_PES: tuple[str, ...] = (*FOUNDING_PES, "nope", "abacus")
+
+
+@dataclass(frozen=True)
+class ComparePreset:
+    """A named recipe: the PEs to compare and the command-line settings it stands for."""
+
+    description: str
+    pes: tuple[str, ...]
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+COMPARE_PRESETS: dict[str, ComparePreset] = {
+    "quick": ComparePreset(
+        "README's first command: tiny decoder, reversed addition on 1-5 digits, tested to 8 digits",
+        DEFAULT_PES,
+        {
+            "model_size": "tiny",
+            "datasets": ("addition",),
+            "train_digits": (1, 5),
+            "eval_lengths": tuple(range(1, 9)),
+            "train_samples": 20_000,
+            "eval_samples": 50,
+            "max_steps": 600,
+            "batch_size": 64,
+            "learning_rate": 2e-3,
+            "save_steps": 300,
+            "experiment_name": "compare-quick",
+        },
+    ),
+    "addition-length": ComparePreset(
+        "Kazemnejad et al. / McLeish et al. setting: reversed addition, train 1-8 digits, test 1-16, 20, 24",
+        (*FOUNDING_PES, "nope", "learned", "abacus", "fire", "kerple"),
+        {
+            "model_size": "tiny",
+            "datasets": ("addition",),
+            "train_digits": (1, 8),
+            "eval_lengths": (*range(1, 17), 20, 24),
+            "train_samples": 100_000,
+            "eval_samples": 100,
+            "max_steps": 20_000,
+            "time_budget": 600.0,
+            "batch_size": 64,
+            "learning_rate": 1e-3,
+            "save_steps": 1000,
+            "seeds": (0, 1, 2),
+            "experiment_name": "addition-length",
+        },
+    ),
+}
+
+
+def run_comparison(configs: list[RunConfig], *, seeds: tuple[int, ...], jobs: int, output_dir: Path) -> str:
+    """Run every config for every seed, ``jobs`` at a time; write comparison.json/.md and the plot.
+
+    Returns the Markdown table (also printed by the CLI).
+    """
+    if jobs < 1:
+        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+    runs = [
+        dataclasses.replace(
+            config,
+            seed=seed,
+            output_dir=str(output_dir / f"{config.pe}-seed{seed}"),
+            experiment_name=f"{config.pe}-seed{seed}",
+            threads=config.threads or (1 if jobs > 1 else None),
+        )
+        for config in configs
+        for seed in seeds
+    ]
+    started = time.monotonic()
+    if jobs == 1:
+        summaries = [_run_one(run) for run in runs]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            summaries = list(pool.map(_run_one, runs))
+    wall_seconds = time.monotonic() - started
+    return write_comparison(output_dir, configs, summaries, wall_seconds=wall_seconds, jobs=jobs)
+
+
+def _run_one(config: RunConfig) -> dict[str, Any]:
+    """Worker: one run, summarised; a failure is recorded, not raised, so the other PEs still finish."""
+    from mathpe.train.run import run_experiment
+
+    try:
+        result = run_experiment(config, progress=False)
+    except Exception as error:  # a PE that fails must not hide the others' results
+        return {
+            "pe": config.pe,
+            "seed": config.seed,
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": traceback.format_exc(),
+        }
+    return {"pe": config.pe, "seed": config.seed, "metrics": result.metrics, "train": result.train}
+
+
+def write_comparison(
+    output_dir: Path,
+    configs: list[RunConfig],
+    summaries: list[dict[str, Any]],
+    *,
+    wall_seconds: float,
+    jobs: int,
+) -> str:
+    """Aggregate per PE (mean and best seed) and write comparison.json, comparison.md and the plot."""
+    datasets = configs[0].datasets
+    by_pe: dict[str, list[dict[str, Any]]] = {}
+    for summary in summaries:
+        by_pe.setdefault(summary["pe"], []).append(summary)
+    rows, table_rows, curves = {}, [], {}
+    for pe, results in by_pe.items():
+        ok = [r for r in results if "error" not in r]
+        rows[pe] = {
+            "seeds": [r["seed"] for r in results],
+            "errors": [r["error"] for r in results if "error" in r],
+        }
+        for dataset in datasets:
+            stats = _dataset_stats([r["metrics"][dataset] for r in ok]) if ok else {}
+            rows[pe][dataset] = stats
+            if stats.get("by_length_mean"):
+                curves[pe] = stats["by_length_mean"]
+        train_seconds = [r["train"]["train_seconds"] for r in ok]
+        rows[pe]["train_seconds_mean"] = statistics.fmean(train_seconds) if train_seconds else None
+        rows[pe]["steps_mean"] = statistics.fmean(r["train"]["steps"] for r in ok) if ok else None
+        table_rows.append(_table_row(pe, rows[pe], datasets))
+
+    header = ["PE"]
+    for dataset in datasets:
+        header += [
+            f"{dataset} overall (%)",
+            f"{dataset} in-dist (%)",
+            f"{dataset} longer (%)",
+            "best seed (%)",
+        ]
+    header += ["steps", "train s"]
+    table = markdown_table(header, table_rows)
+    seeds = sorted({s["seed"] for s in summaries})
+    note = (
+        f"\n{len(summaries)} runs ({len(by_pe)} PEs x {len(seeds)} seeds), {jobs} parallel jobs, "
+        f"wall time {wall_seconds:.0f} s. Means over seeds; 'best seed' is the best seed's overall score.\n"
+    )
+    write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}")
+    write_json(
+        output_dir / "comparison.json",
+        {
+            "pes": rows,
+            "datasets": list(datasets),
+            "seeds": seeds,
+            "wall_seconds": wall_seconds,
+            "jobs": jobs,
+            "settings": configs[0].to_dict() | {"pe": None, "seed": None},
+        },
+    )
+    if curves:
+        plot_accuracy_by_length(
+            curves,
+            output_dir / "accuracy_by_length.png",
+            title=f"{', '.join(datasets)}: exact match by operand length (mean of {len(seeds)} seed(s))",
+            train_max=configs[0].arithmetic.train_digits[1],
+        )
+    return table + note
+
+
+def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and best over seeds of the headline metric, its in/out-of-distribution parts and length curve."""
+    headline = metrics[0]["headline"]
+    overall = [m[headline] for m in metrics]
+    stats: dict[str, Any] = {
+        "metric": headline,
+        "overall_mean": statistics.fmean(overall),
+        "overall_best": max(overall),
+        "per_seed": overall,
+    }
+    for part in ("in_distribution", "out_of_distribution"):
+        values = [m.get(f"{headline}_{part}") for m in metrics]
+        if all(v is not None for v in values):
+            stats[f"{part}_mean"] = statistics.fmean(values)
+    groups = metrics[0]["by_group"][headline]
+    if all(str(group).isdigit() for group in groups):
+        stats["by_length_mean"] = {
+            int(group): statistics.fmean(m["by_group"][headline][group] for m in metrics) for group in groups
+        }
+        stats["by_length_best_seed"] = {
+            int(group): max(m["by_group"][headline][group] for m in metrics) for group in groups
+        }
+    return stats
+
+
+def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...]) -> list[str]:
+    cells = [pe]
+    for dataset in datasets:
+        stats = row.get(dataset) or {}
+        if not stats:
+            cells += ["failed: " + "; ".join(row["errors"])[:80], "-", "-", "-"]
+            continue
+        cells += [
+            percent(stats["overall_mean"]),
+            percent(stats.get("in_distribution_mean")),
+            percent(stats.get("out_of_distribution_mean")),
+            percent(stats["overall_best"]),
+        ]
+    cells += [
+        "-" if row["steps_mean"] is None else f"{row['steps_mean']:.0f}",
+        "-" if row["train_seconds_mean"] is None else f"{row['train_seconds_mean']:.0f}",
+    ]
+    return cells

@@ -1,0 +1,145 @@
+"""Every setting of a run, validated in one place with one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mathpe.eval.tasks import ARITHMETIC_OPS, DATASETS, ArithmeticSettings
+from mathpe.model.configuration import PRESETS
+from mathpe.pe import list_pes, pe_class, pe_options
+
+#: PEs are tested at up to this multiple of the model's context length (all but ``learned``).
+MAX_LENGTH_MULTIPLE = 8
+
+
+class ConfigError(ValueError):
+    """A setting the user gave is not allowed; the message names the value and what is allowed."""
+
+
+@dataclass
+class RunConfig:
+    """One training + evaluation run. ``model_size`` is a preset or a transformers model id / path."""
+
+    pe: str = "rope"
+    pe_options: dict[str, Any] = field(default_factory=dict)
+    model_size: str = "tiny"
+    datasets: tuple[str, ...] = ("addition",)
+    data_dir: str | None = None
+    batch_size: int = 32
+    max_length: int | None = None
+    use_lora: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    gradient_checkpointing: bool = False
+    fp16: bool = False
+    bf16: bool = False
+    max_steps: int | None = None
+    epochs: float = 1.0
+    learning_rate: float | None = None
+    warmup_steps: int = 50
+    seed: int = 0
+    train_samples: int = 20_000
+    eval_samples: int | None = None
+    eval_batch_size: int = 64
+    experiment_name: str = "mathpe"
+    output_dir: str | None = None
+    resume: bool = False
+    time_budget: float | None = None
+    save_steps: int = 200
+    logging_steps: int = 10
+    threads: int | None = None
+    arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings)
+
+    @property
+    def is_preset(self) -> bool:
+        return self.model_size in PRESETS
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.experiment_name
+
+    @property
+    def arithmetic_only(self) -> bool:
+        return all(name in ARITHMETIC_OPS for name in self.datasets)
+
+    @property
+    def resolved_learning_rate(self) -> float:
+        """1e-3 for models trained from scratch, 2e-4 for fine-tuning a pretrained model."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-3 if self.is_preset else 2e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Raise ``ConfigError`` naming the first bad setting; return self when all are fine."""
+        if self.pe not in list_pes():
+            raise ConfigError(f"unknown PE {self.pe!r}; choose one of: {', '.join(list_pes())}")
+        unknown = sorted(set(self.pe_options) - set(pe_options(self.pe)))
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {unknown} for PE {self.pe!r}; allowed: {sorted(pe_options(self.pe))}"
+            )
+        bad = [name for name in self.datasets if name not in DATASETS]
+        if bad or not self.datasets:
+            raise ConfigError(f"unknown dataset(s) {bad or '(none)'}; choose from: {', '.join(DATASETS)}")
+        for name in (
+            "batch_size",
+            "eval_batch_size",
+            "train_samples",
+            "save_steps",
+            "logging_steps",
+            "lora_r",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("max_steps", "eval_samples", "max_length", "threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name} must be a positive integer, got {value}")
+        if self.epochs <= 0:
+            raise ConfigError(f"--epochs must be positive, got {self.epochs}")
+        if self.learning_rate is not None and self.learning_rate <= 0:
+            raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.time_budget is not None and self.time_budget <= 0:
+            raise ConfigError(f"--time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.fp16 and self.bf16:
+            raise ConfigError("--fp16 and --bf16 exclude each other; choose one")
+        if self.fp16 and not torch.cuda.is_available():
+            raise ConfigError("--fp16 needs a CUDA GPU (none is visible); use --bf16 or fp32 on CPU")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
+        if not self.is_preset and _looks_like_path(self.model_size) and not Path(self.model_size).is_dir():
+            raise ConfigError(
+                f"--model_size {self.model_size!r} is neither a preset ({', '.join(PRESETS)}) nor a readable "
+                "model directory"
+            )
+        low, high = self.arithmetic.train_digits
+        if not 1 <= low <= high:
+            raise ConfigError(f"train digits {low}-{high} must satisfy 1 <= min <= max")
+        return self
+
+    def check_max_length(self, context_length: int) -> None:
+        """Raise ``ConfigError`` when ``max_length`` exceeds what the model's PE supports."""
+        if self.max_length is None:
+            return
+        table = pe_class(self.pe).__name__
+        limit = context_length if self.pe == "learned" else MAX_LENGTH_MULTIPLE * context_length
+        if self.max_length > limit:
+            why = (
+                f"PE {self.pe!r} ({table}) has a table of {context_length} positions"
+                if self.pe == "learned"
+                else f"mathpe supports up to {MAX_LENGTH_MULTIPLE}x the model's {context_length}-token context"
+            )
+            raise ConfigError(f"--max_length {self.max_length} is beyond what the model supports: {why}")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A local path rather than a hub id (``owner/name`` or ``name``)."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1

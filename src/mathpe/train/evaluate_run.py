@@ -1,0 +1,78 @@
+"""``mathpe eval RUN_DIR``: evaluate a finished run's saved model again (other samples, other data dir)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+import mathpe.model  # noqa: F401  (registers model_type "mathpe" with AutoModelForCausalLM)
+from mathpe.data.tokenizer import ArithmeticTokenizer
+from mathpe.eval.tasks import ArithmeticSettings, build_task
+from mathpe.train.config import RunConfig
+from mathpe.train.run import evaluate_and_report
+
+
+def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
+    """The ``RunConfig`` a run was made with, and the raw config.json."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a mathpe run folder")
+    raw = json.loads(path.read_text())
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    settings = {key: value for key, value in raw.items() if key in fields}
+    settings["arithmetic"] = ArithmeticSettings(
+        **{
+            key: tuple(value) if isinstance(value, list) else value
+            for key, value in settings.get("arithmetic", {}).items()
+        }
+    )
+    settings["datasets"] = tuple(settings["datasets"])
+    return RunConfig(**settings), raw
+
+
+def load_run_tokenizer(model_dir: Path, tokenizer_class: str) -> PreTrainedTokenizerBase:
+    if tokenizer_class == ArithmeticTokenizer.__name__:
+        return ArithmeticTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+
+
+def evaluate_saved_run(
+    run_dir: Path, *, eval_samples: int | None = None, data_dir: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Re-evaluate ``run_dir/model`` on the run's datasets; rewrites metrics, predictions, report, plot."""
+    config, raw = load_run_config(run_dir)
+    config = dataclasses.replace(
+        config,
+        output_dir=str(run_dir),
+        eval_samples=eval_samples or config.eval_samples,
+        data_dir=data_dir or config.data_dir,
+    )
+    model_dir = run_dir / "model"
+    tokenizer = load_run_tokenizer(model_dir, raw.get("tokenizer", ""))
+    if config.is_preset:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    else:
+        from mathpe.hf import load_model
+
+        model = load_model(str(model_dir))
+    tasks = [
+        build_task(
+            name,
+            seed=config.seed,
+            train_samples=1,
+            eval_samples=config.eval_samples,
+            data_dir=config.data_dir,
+            arithmetic=config.arithmetic,
+        )
+        for name in config.datasets
+    ]
+    previous = (
+        json.loads((run_dir / "metrics.json").read_text()).get("train", {})
+        if (run_dir / "metrics.json").is_file()
+        else {}
+    )
+    return evaluate_and_report(config, model, tokenizer, tasks, previous, progress=False).metrics

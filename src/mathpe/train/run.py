@@ -1,0 +1,235 @@
+"""One run end to end: data, model, training, evaluation, and the run folder's outputs.
+
+Run folder (``--output_dir``, default ``runs/<experiment_name>``):
+    config.json        every setting, resolved PE options, library versions, seed
+    checkpoint-N/      Trainer checkpoints (atomic), for ``--resume``
+    runs/              TensorBoard logs
+    model/             the final model and tokenizer (``from_pretrained``-loadable)
+    metrics.json       per dataset: headline metrics, per group, in/out-of-distribution
+    predictions.jsonl  one line per evaluation item: prompt, completion, reference, verdicts
+    report.md          the tables
+    accuracy_by_length.png   for arithmetic datasets
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
+
+import mathpe
+from mathpe.data.collate import PaddingCollator, encode_example
+from mathpe.eval.evaluate import evaluate_task
+from mathpe.eval.report import (
+    length_curves,
+    plot_accuracy_by_length,
+    run_report,
+    write_json,
+    write_predictions,
+    write_text,
+)
+from mathpe.eval.tasks import Task, build_task
+from mathpe.train.config import RunConfig
+from mathpe.train.setup import apply_lora, build_model, build_tokenizer, resolved_pe_options
+from mathpe.train.trainer import (
+    MathPETrainer,
+    NonFiniteLossCallback,
+    TimeBudgetCallback,
+    TrainingDivergedError,
+    last_checkpoint,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    """What a run produced: metrics per dataset, training statistics and where it all is."""
+
+    run_dir: Path
+    metrics: dict[str, dict[str, Any]]
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
+    """Train ``config.pe`` on ``config.datasets``, evaluate by generation and write the run folder."""
+    config.validate()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    set_seed(config.seed)
+    run_dir = config.run_dir
+    tokenizer = build_tokenizer(config)
+    tasks = [
+        build_task(
+            name,
+            seed=config.seed,
+            train_samples=config.train_samples,
+            eval_samples=config.eval_samples,
+            data_dir=config.data_dir,
+            arithmetic=config.arithmetic,
+        )
+        for name in config.datasets
+    ]
+    model = build_model(config, tokenizer)
+    write_json(run_dir / "config.json", run_settings(config, tokenizer, model))
+
+    model, train_stats = train(config, model, tokenizer, tasks, progress=progress)
+    trained = model.merge_and_unload() if config.use_lora else model
+    if train_stats["is_main_process"]:
+        trained.save_pretrained(run_dir / "model")
+        tokenizer.save_pretrained(run_dir / "model")
+        return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, progress=progress)
+    return RunResult(run_dir, {}, train_stats)
+
+
+def run_settings(
+    config: RunConfig, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
+) -> dict[str, Any]:
+    """config.json: every setting, the resolved PE options, model size and library versions."""
+    return {
+        **config.to_dict(),
+        "resolved_pe_options": resolved_pe_options(config, tokenizer),
+        "parameters": model.num_parameters(),
+        "tokenizer": type(tokenizer).__name__,
+        "versions": {
+            "mathpe": mathpe.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+    }
+
+
+def training_arguments(config: RunConfig, *, progress: bool) -> TrainingArguments:
+    """``TrainingArguments`` for the run: steps or epochs, precision, checkpointing, logging."""
+    cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(config.run_dir),
+        per_device_train_batch_size=config.batch_size,
+        max_steps=config.max_steps or -1,
+        num_train_epochs=config.epochs,
+        learning_rate=config.resolved_learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=min(config.warmup_steps, max(1, (config.max_steps or 10**9) // 10)),
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        seed=config.seed,
+        fp16=config.fp16,
+        bf16=config.bf16,
+        activation_checkpointing=config.gradient_checkpointing,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=2,
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,
+        report_to=["tensorboard"],
+        disable_tqdm=not progress,
+        use_cpu=not cuda,
+        ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+
+
+def train(
+    config: RunConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    *,
+    progress: bool = True,
+) -> tuple[PreTrainedModel, dict[str, Any]]:
+    """Train with ``MathPETrainer``; returns the trained model (PEFT-wrapped under LoRA) and statistics.
+
+    Raises ``TrainingDivergedError`` when the loss turns NaN/inf.
+    """
+    features = [
+        encode_example(tokenizer, prompt, target, config.max_length)
+        for task in tasks
+        for prompt, target in task.train_pairs
+    ]
+    if config.gradient_checkpointing:
+        model.config.use_cache = False
+    if config.use_lora:
+        model = apply_lora(model, config)
+    divergence, budget = NonFiniteLossCallback(), TimeBudgetCallback(config.time_budget or float("inf"))
+    trainer = MathPETrainer(
+        model=model,
+        args=training_arguments(config, progress=progress),
+        train_dataset=features,
+        data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
+        callbacks=[divergence, budget],
+    )
+    resume_from = last_checkpoint(config.run_dir) if config.resume else None
+    if config.resume and resume_from is None:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", config.run_dir)
+    started = time.monotonic()
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if divergence.diverged_at is not None:
+        kept = last_checkpoint(config.run_dir)
+        raise TrainingDivergedError(
+            f"the training loss became NaN/inf at step {divergence.diverged_at}; stopped. "
+            f"Last good checkpoint: {kept or 'none'}. Try a lower --learning_rate or fp32/bf16."
+        )
+    history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return model, {
+        "steps": trainer.state.global_step,
+        "train_seconds": round(time.monotonic() - started, 2),
+        "train_loss": output.training_loss,
+        "final_logged_loss": history[-1]["loss"] if history else None,
+        "loss_history": [(entry["step"], entry["loss"]) for entry in history],
+        "stopped_by_time_budget": budget.stopped_at is not None,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "examples": len(features),
+        "is_main_process": trainer.is_world_process_zero(),
+    }
+
+
+def evaluate_and_report(
+    config: RunConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    train_stats: dict[str, Any],
+    *,
+    progress: bool = True,
+) -> RunResult:
+    """Evaluate every task by generation and write metrics, predictions, report and plot."""
+    run_dir = config.run_dir
+    metrics, predictions = {}, []
+    started = time.monotonic()
+    for task in tasks:
+        task_metrics, task_predictions = evaluate_task(
+            model, tokenizer, task, batch_size=config.eval_batch_size, progress=progress
+        )
+        metrics[task.name] = task_metrics
+        predictions += task_predictions
+    eval_seconds = round(time.monotonic() - started, 2)
+    write_json(
+        run_dir / "metrics.json", {"train": train_stats, "eval_seconds": eval_seconds, "datasets": metrics}
+    )
+    write_predictions(run_dir / "predictions.jsonl", predictions)
+    settings = {
+        "pe": config.pe,
+        "model": config.model_size,
+        "steps": train_stats.get("steps"),
+        "seed": config.seed,
+    }
+    write_text(run_dir / "report.md", run_report(f"mathpe run: {config.experiment_name}", settings, metrics))
+    curves = {name: length_curves(m) for name, m in metrics.items() if length_curves(m)}
+    if curves:
+        plot_accuracy_by_length(
+            curves,
+            run_dir / "accuracy_by_length.png",
+            title=f"{config.pe} on {config.model_size}",
+            train_max=config.arithmetic.train_digits[1],
+        )
+    return RunResult(run_dir, metrics, {**train_stats, "eval_seconds": eval_seconds})

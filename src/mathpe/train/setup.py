@@ -1,0 +1,104 @@
+"""Build the model and tokenizer of a run: a preset decoder from scratch or a pretrained model, PE swapped."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mathpe.data.tokenizer import ArithmeticTokenizer
+from mathpe.model import MathPEForCausalLM, preset_config
+from mathpe.pe import pe_options
+from mathpe.train.config import RunConfig
+
+LORA_TARGETS = {
+    "mathpe": ["qkv_proj", "out_proj", "fc_in", "fc_out"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
+
+def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of tokens made only of digits (BPE markers ``Ġ``/``▁`` removed); one place each for digit PEs."""
+    vocab = tokenizer.get_vocab()
+    return sorted(index for token, index in vocab.items() if token.lstrip("Ġ▁").isdigit() and token.isascii())
+
+
+def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
+    """The run's tokenizer, left-padded for generation.
+
+    Presets use the arithmetic character tokenizer when every dataset is arithmetic, else ByT5's byte-level
+    tokenizer (it needs no download). Pretrained models use their own tokenizer; one without a pad token
+    pads with EOS.
+    """
+    if config.is_preset:
+        if config.arithmetic_only:
+            return ArithmeticTokenizer(padding_side="left")
+        return ByT5Tokenizer(padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(config.model_size, padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def resolved_pe_options(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
+    """The user's PE options, plus the tokenizer's digit ids for digit-aware PEs that were given none."""
+    options = dict(config.pe_options)
+    if "digit_token_ids" in pe_options(config.pe) and "digit_token_ids" not in options:
+        options["digit_token_ids"] = digit_token_ids(tokenizer)
+    return options
+
+
+def build_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The run's model: a fresh preset decoder, or a pretrained model with its PE swapped to ``config.pe``."""
+    options = resolved_pe_options(config, tokenizer)
+    if config.is_preset:
+        model_config = preset_config(
+            config.model_size,
+            pe=config.pe,
+            pe_options=options,
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+        config.check_max_length(model_config.max_position_embeddings)
+        return MathPEForCausalLM(model_config)
+    from mathpe.hf import load_model
+
+    model = load_model(config.model_size, pe=config.pe, **options)
+    config.check_max_length(model.config.max_position_embeddings)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def apply_lora(model: PreTrainedModel, config: RunConfig) -> PreTrainedModel:
+    """Wrap ``model`` with PEFT LoRA on its attention and MLP projections; the PE's parameters stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    family = model.config.model_type
+    if family not in LORA_TARGETS:
+        raise ValueError(f"no LoRA targets known for model type {family!r}; known: {', '.join(LORA_TARGETS)}")
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.05,
+            target_modules=LORA_TARGETS[family],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    for parameter in pe_parameters(peft_model):
+        parameter.requires_grad_(True)
+    return peft_model
+
+
+def pe_parameters(model: PreTrainedModel) -> list:
+    """The parameters of the model's positional encoding (new in a swapped model, trained under LoRA too)."""
+    from mathpe.pe import PositionalEncoding
+
+    return [
+        p for module in model.modules() if isinstance(module, PositionalEncoding) for p in module.parameters()
+    ]

@@ -1,0 +1,141 @@
+"""Training on the Hugging Face ``Trainer``: atomic checkpoints, resume, divergence and time-budget stops.
+
+``Trainer`` already brings data parallelism (``torchrun`` / ``accelerate launch``), mixed precision,
+gradient checkpointing, TensorBoard logs, a progress bar and exact resumption (optimizer, scheduler, RNG
+and data position). What it lacks, and this module adds:
+- checkpoints written atomically: saved into a staging folder, then renamed into place, so a run killed
+  mid-save never leaves a half-written ``checkpoint-N`` for ``--resume`` to pick up;
+- the PE's own parameters saved with LoRA checkpoints (PEFT saves adapters only);
+- a stop with a clear message when the loss turns NaN/inf, keeping the last good checkpoint;
+- a wall-clock budget per run (``--time_budget``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from mathpe.pe import PositionalEncoding
+
+STAGING_DIR = ".staging"
+PE_STATE_FILE = "mathpe_pe.safetensors"
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class MathPETrainer(Trainer):
+    """``Trainer`` with atomic checkpoints and the PE's parameters saved beside PEFT adapters."""
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = Path(self.args.output_dir)
+        staging_root = run_dir / STAGING_DIR
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging_root / name, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.args.output_dir = str(staging_root)
+        try:
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save and _is_peft(self.model):
+                save_file(_pe_state(self.model), str(staging_root / name / PE_STATE_FILE))
+        finally:
+            self.args.output_dir = str(run_dir)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+            os.replace(staging_root / name, run_dir / name)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(
+        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
+    ) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        pe_file = Path(resume_from_checkpoint) / PE_STATE_FILE
+        if pe_file.exists():
+            target = model if model is not None else self.model
+            state = load_file(str(pe_file))
+            current = dict(target.named_parameters())
+            with torch.no_grad():
+                for key, value in state.items():
+                    current[key].copy_(value)
+
+
+def _is_peft(model: torch.nn.Module) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _pe_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Named parameters of the model's PE modules (names as in ``model.named_parameters()``)."""
+    pe_parameters = {
+        id(p) for m in model.modules() if isinstance(m, PositionalEncoding) for p in m.parameters()
+    }
+    return {
+        name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if id(p) in pe_parameters
+    }
+
+
+class NonFiniteLossCallback(TrainerCallback):
+    """Stop at the first logged NaN/inf loss, without saving, so the last checkpoint stays the last good one."""
+
+    def __init__(self) -> None:
+        self.diverged_at: int | None = None
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict | None = None,
+        **_,
+    ) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            self.diverged_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = False
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stop training (and save) once ``seconds`` of wall-clock training have passed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = 0.0
+        self.stopped_at: int | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_
+    ) -> None:
+        self.started = time.monotonic()
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_) -> None:
+        if time.monotonic() - self.started >= self.seconds:
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            control.should_save = True
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder, or None."""
+    checkpoints = [
+        path
+        for path in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if path.is_dir() and path.name.split("-")[-1].isdigit()
+    ]
+    return max(checkpoints, key=lambda path: int(path.name.split("-")[-1]), default=None)
