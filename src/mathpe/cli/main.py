@@ -109,6 +109,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--time_budget", type=float, default=None, help="seconds of training per run")
     training.add_argument("--save_steps", type=int, default=200)
+    training.add_argument("--logging_steps", type=int, default=10)
     training.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     training.add_argument("--eval_batch_size", type=int, default=64)
 
@@ -155,6 +156,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         resume=args.resume,
         time_budget=args.time_budget,
         save_steps=args.save_steps,
+        logging_steps=args.logging_steps,
         threads=args.threads,
         arithmetic=ArithmeticSettings(
             train_digits=args.train_digits, eval_lengths=args.eval_lengths, fmt=args.format

@@ -1,0 +1,202 @@
+"""The pipeline end to end through the command line: outputs, bad input, resume, data parallel."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import ByT5Tokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
+
+from mathpe.cli.main import main
+from mathpe.data import FIXTURES_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TINY_ADDITION = [
+    "--model_size", "tiny", "--datasets", "addition", "--train_digits", "1-3", "--eval_lengths", "1-4",
+    "--train_samples", "64", "--eval_samples", "3", "--batch_size", "8", "--threads", "1", "--quiet",
+]  # fmt: skip
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mathpe.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="module")
+def gsm8k_dir(tmp_path_factory) -> Path:
+    """GSM8K in the shared layout: ../shared/data when present, else the fixture the project ships."""
+    if (SHARED_DATA / "gsm8k" / "train.jsonl").is_file():
+        return SHARED_DATA
+    root = tmp_path_factory.mktemp("data")
+    (root / "gsm8k").mkdir()
+    for split in ("train", "test"):
+        shutil.copy(FIXTURES_DIR / "gsm8k.jsonl", root / "gsm8k" / f"{split}.jsonl")
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt_neox(tmp_path_factory) -> Path:
+    """A random GPT-NeoX (Pythia layout, partial rotary) with a byte-level tokenizer, saved to a folder."""
+    path = tmp_path_factory.mktemp("tiny-gpt-neox")
+    tokenizer = ByT5Tokenizer()
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        rotary_pct=0.25,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_train_tiny_addition_writes_every_output(tmp_path):
+    code = main(["train", "--pe", "abacus", *TINY_ADDITION, "--max_steps", "6", "--save_steps", "3",
+                 "--output_dir", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    for name in ("config.json", "metrics.json", "predictions.jsonl", "report.md", "accuracy_by_length.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "checkpoint-6").is_dir() and not (tmp_path / ".staging" / "checkpoint-6").exists()
+    settings = json.loads((tmp_path / "config.json").read_text())
+    assert settings["pe"] == "abacus" and settings["seed"] == 0 and "torch" in settings["versions"]
+    assert settings["resolved_pe_options"]["digit_token_ids"]  # the tokenizer's digits reach the PE
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    addition = metrics["datasets"]["addition"]
+    assert addition["n"] == 4 * 3 and set(addition["by_group"]["exact_match"]) == {"1", "2", "3", "4"}
+    assert addition["exact_match_out_of_distribution"] is not None
+    assert metrics["train"]["steps"] == 6
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert len(lines) == 12 and {"prompt", "completion", "reference", "exact_match"} <= set(record)
+
+
+def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox, gsm8k_dir):
+    """scripts/train_and_eval.py with the founding flags (fp16 needs CUDA, so fp32 here)."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_and_eval.py"),
+         "--pe", "rope", "--model_size", str(tiny_gpt_neox), "--batch_size", "2", "--max_length", "256",
+         "--use_lora", "--gradient_checkpointing", "--experiment_name", "kaggle_math_reasoning",
+         "--datasets", "gsm8k", "--data_dir", str(gsm8k_dir), "--max_steps", "3", "--train_samples", "8",
+         "--eval_samples", "2", "--output_dir", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["datasets"]["gsm8k"]
+    assert metrics["n"] == 2 and {"strict_match", "flexible_extract"} <= set(metrics)
+    assert (tmp_path / "model" / "config.json").is_file()
+    assert len((tmp_path / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--pe", "bogus"], "unknown PE 'bogus'; choose one of: rope"),
+        (["--datasets", "addition,poetry"], "unknown dataset(s) ['poetry']; choose from: addition"),
+        (
+            ["--datasets", "gsm8k", "--data_dir", "/nonexistent/data"],
+            "--data_dir '/nonexistent/data' is not a dir",
+        ),
+        (["--model_size", "./no/such/model"], "--model_size './no/such/model' is neither a preset"),
+        (["--batch_size", "0"], "--batch_size must be a positive integer, got 0"),
+        (["--batch_size", "-3"], "--batch_size must be a positive integer, got -3"),
+        (["--pe", "learned", "--max_length", "4096"], "--max_length 4096 is beyond what the model supports"),
+        (["--pe", "rope", "--max_length", "100000"], "--max_length 100000 is beyond what the model supports"),
+        (["--pe_options", "{bad json"], "--pe_options is not valid JSON"),
+        (["--pe", "alibi", "--pe_options", '{"base": 3}'], "unknown option(s) ['base'] for PE 'alibi'"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_status_2(arguments, message, tmp_path, capsys):
+    code = main(["train", *TINY_ADDITION, "--max_steps", "1", "--output_dir", str(tmp_path), *arguments])
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(stderr) == 1 and stderr[0].startswith("mathpe: error: ") and message in stderr[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA message")
+def test_fp16_without_cuda_is_a_clear_error_from_the_console_command(tmp_path):
+    result = run_cli("train", *TINY_ADDITION, "--fp16", "--output_dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mathpe: error: --fp16 needs a CUDA GPU (none is visible); use --bf16 or fp32 on CPU"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run_dir / "model" / "model.safetensors"))
+
+
+def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path):
+    common = ["train", "--pe", "alibi", *TINY_ADDITION, "--train_samples", "400", "--max_steps", "40",
+              "--save_steps", "10", "--eval_samples", "1"]  # fmt: skip
+    straight = tmp_path / "straight"
+    assert run_cli(*common, "--output_dir", str(straight)).returncode == 0
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mathpe.cli.main", *common, "--output_dir", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoint-10").is_dir() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model").exists(), "the run finished before it could be killed"
+    resumed = run_cli(*common, "--output_dir", str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["train"]["resumed_from"] is not None
+    expected = final_weights(straight)
+    for name, tensor in final_weights(killed).items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
+                    reason="needs torchrun")  # fmt: skip
+def test_two_process_data_parallel_matches_one_process_with_the_combined_batch(tmp_path):
+    common = ["train", "--pe", "rope", *TINY_ADDITION, "--train_samples", "8", "--max_steps", "4",
+              "--logging_steps", "1", "--eval_samples", "1", "--save_steps", "100"]  # fmt: skip
+    single = tmp_path / "single"
+    assert run_cli(*common, "--batch_size", "8", "--output_dir", str(single)).returncode == 0
+    parallel = tmp_path / "parallel"
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    result = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "mathpe.cli.main",
+         *common, "--batch_size", "4", "--output_dir", str(parallel)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = json.loads((single / "metrics.json").read_text())["train"]["loss_history"]
+    two = json.loads((parallel / "metrics.json").read_text())["train"]["loss_history"]
+    assert len(one) == len(two) == 4
+    for (step_one, loss_one), (step_two, loss_two) in zip(one, two, strict=True):
+        assert step_one == step_two and loss_one == pytest.approx(loss_two, rel=2e-3)
+    expected = final_weights(single)
+    for name, tensor in final_weights(parallel).items():
+        torch.testing.assert_close(tensor, expected[name], atol=1e-4, rtol=1e-3)
