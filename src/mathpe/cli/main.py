@@ -209,7 +209,7 @@ def command_compare(args: argparse.Namespace) -> int:
 def command_verify(args: argparse.Namespace) -> int:
     from mathpe.verify import run_verification
 
-    return 0 if run_verification(json_path=args.json, quick=args.quick) else 1
+    return 0 if run_verification(json_path=args.json, quick=args.quick, pes=args.pe) else 1
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -251,7 +251,8 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
 
     verify = commands.add_parser("verify", help="check every PE in every model, dtype and device")
     verify.add_argument("--json", default=None, help="also write the table as JSON here")
-    verify.add_argument("--quick", action="store_true", help="fewer lengths (for CI smoke tests)")
+    verify.add_argument("--quick", action="store_true", help="lengths 64 and 256 only (for CI smoke tests)")
+    verify.add_argument("--pe", type=comma_list, default=None, help="comma list of PEs (default: all)")
     verify.set_defaults(handler=command_verify)
 
     bench = commands.add_parser("bench", help="time each PE and compare with transformers / x-transformers")
