@@ -1,10 +1,13 @@
-"""A JSON Lines reader whose errors name the file and the line."""
+"""Where math data comes from: local JSON Lines files (errors name the file and line) or the hub."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
+
+DATA_DIR_VARIABLE = "MATHPE_DATA"
 
 
 class MalformedDataError(ValueError):
@@ -43,3 +46,39 @@ def _parse_line(line: str, path: Path, line_number: int, required_fields: Sequen
     if not_strings:
         raise MalformedDataError(f"{where}: field(s) {not_strings} must be strings")
     return record
+
+
+def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
+    """``data_dir``, else ``$MATHPE_DATA``, else ``None`` (meaning: the Hugging Face hub).
+
+    Raises ``DataUnavailableError`` when the directory chosen does not exist.
+    """
+    origin = "data_dir"
+    if data_dir is None:
+        data_dir = os.environ.get(DATA_DIR_VARIABLE) or None
+        origin = f"${DATA_DIR_VARIABLE}"
+    if data_dir is None:
+        return None
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataUnavailableError(f"{path} (from {origin}): no such data directory")
+    return path
+
+
+def load_hub_rows(dataset: str, config: str | None, split: str) -> list[dict[str, object]]:
+    """The rows of a Hugging Face hub dataset split through ``datasets``.
+
+    Any failure (offline, unreachable, unknown name) becomes a one-line ``DataUnavailableError``.
+    """
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(dataset, config, split=split)
+    except Exception as error:  # datasets fails in many ways offline; all mean the same to a caller
+        message = str(error).strip()
+        reason = message.splitlines()[0] if message else type(error).__name__
+        raise DataUnavailableError(
+            f"hub dataset {dataset!r} (config {config!r}, split {split!r}) unavailable: {reason}; "
+            f"pass data_dir or set ${DATA_DIR_VARIABLE} to read local JSON Lines files"
+        ) from error
+    return [dict(row) for row in rows]

@@ -1,0 +1,220 @@
+"""Seeded arithmetic problems for length generalisation (addition, subtraction, multiplication).
+
+Each example keeps its prompt (``"123+45="``) apart from its answer (``"168"`` plain, ``"861"`` reversed),
+so the training loss can be masked to the answer; the EOS token is appended at training time
+(``mathpe.data.collate.encode_example``).
+
+Sampling follows the length-generalisation literature (Lee et al. 2023; McLeish et al. 2024): each
+operand's digit count is uniform over ``[min_digits, max_digits]``, then the operand is uniform among the
+numbers with that many digits (``0``-``9`` for one digit). The digit length of an example is the larger
+operand's digit count. Subtraction keeps ``a >= b`` so results are non-negative.
+
+Evaluation sets are built per operand length (both operands exactly that long) and generated before the
+training set, which excludes every ``(a, op, b)`` they hold: a train split never contains a test problem.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Operation = Literal["add", "sub", "mul"]
+AnswerFormat = Literal["plain", "reversed"]
+ProblemKey = tuple[int, str, int]
+
+OPERATION_SYMBOLS: dict[str, str] = {"add": "+", "sub": "-", "mul": "*"}
+ANSWER_FORMATS: tuple[str, ...] = ("plain", "reversed")
+MAX_REJECTIONS = 10_000
+
+
+@dataclass(frozen=True)
+class ArithmeticTask:
+    """What to generate: the operation, the operand digit range and the text format.
+
+    ``fmt="reversed"`` writes the answer least significant digit first (Lee et al. 2023);
+    ``reverse_operands`` reverses the operands too; ``zero_pad`` pads both operands to the longer one's
+    length and the answer to the longest result that length allows (n+1 digits for ``add``, n for ``sub``,
+    2n for ``mul``), so digits of equal significance line up.
+    """
+
+    op: Operation
+    min_digits: int = 1
+    max_digits: int = 8
+    fmt: AnswerFormat = "reversed"
+    zero_pad: bool = False
+    reverse_operands: bool = False
+
+    def __post_init__(self) -> None:
+        if self.op not in OPERATION_SYMBOLS:
+            raise ValueError(f"op={self.op!r} is not one of {sorted(OPERATION_SYMBOLS)}")
+        if self.fmt not in ANSWER_FORMATS:
+            raise ValueError(f"fmt={self.fmt!r} is not one of {list(ANSWER_FORMATS)}")
+        if not 1 <= self.min_digits <= self.max_digits:
+            raise ValueError(
+                f"digit range [{self.min_digits}, {self.max_digits}] must satisfy 1 <= min_digits <= max_digits"
+            )
+
+    @property
+    def symbol(self) -> str:
+        return OPERATION_SYMBOLS[self.op]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem ``a op b``: ``prompt + answer`` is the full text (EOS excluded)."""
+
+    prompt: str
+    answer: str
+    operand_digits: int
+    a: int
+    b: int
+    result: int
+    op: Operation
+
+    @property
+    def key(self) -> ProblemKey:
+        """``(a, symbol, b)``, what makes two problems the same."""
+        return (self.a, OPERATION_SYMBOLS[self.op], self.b)
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+
+@dataclass(frozen=True)
+class ArithmeticSplits:
+    """A training set and evaluation sets per operand length, disjoint by ``(a, op, b)``."""
+
+    train: list[Example]
+    eval_by_length: dict[int, list[Example]]
+    train_digits: tuple[int, int]
+
+    def in_distribution(self) -> dict[int, list[Example]]:
+        """Evaluation sets whose length lies in the training digit range."""
+        low, high = self.train_digits
+        return {length: examples for length, examples in self.eval_by_length.items() if low <= length <= high}
+
+    def out_of_distribution(self) -> dict[int, list[Example]]:
+        """Evaluation sets whose length lies outside the training digit range."""
+        in_distribution = self.in_distribution()
+        return {
+            length: examples
+            for length, examples in self.eval_by_length.items()
+            if length not in in_distribution
+        }
+
+
+def compute(op: Operation, a: int, b: int) -> int:
+    """The exact result of ``a op b``."""
+    if op == "add":
+        return a + b
+    if op == "sub":
+        return a - b
+    return a * b
+
+
+def format_example(task: ArithmeticTask, a: int, b: int) -> Example:
+    """The example for ``a op b`` in the task's text format."""
+    if a < 0 or b < 0:
+        raise ValueError(f"operands must be non-negative integers, got a={a}, b={b}")
+    if task.op == "sub" and a < b:
+        raise ValueError(f"subtraction needs a >= b to stay non-negative, got a={a}, b={b}")
+    result = compute(task.op, a, b)
+    operand_digits = max(len(str(a)), len(str(b)))
+    operand_width = operand_digits if task.zero_pad else 0
+    answer_width = _max_result_digits(task.op, operand_digits) if task.zero_pad else 0
+    left, right = (_write_number(n, operand_width, task.reverse_operands) for n in (a, b))
+    prompt = f"{left}{task.symbol}{right}="
+    answer = _write_number(result, answer_width, task.fmt == "reversed")
+    return Example(prompt, answer, operand_digits, a, b, result, task.op)
+
+
+def problem_keys(examples: Iterable[Example]) -> frozenset[ProblemKey]:
+    """The ``(a, symbol, b)`` of each example, for excluding them from another split."""
+    return frozenset(example.key for example in examples)
+
+
+def generate_examples(
+    task: ArithmeticTask, n: int, seed: int, exclude: Collection[ProblemKey] = frozenset()
+) -> list[Example]:
+    """``n`` examples with operand lengths uniform over the task's range, skipping problems in ``exclude``.
+
+    Deterministic for a seed. Raises ``ValueError`` when ``exclude`` leaves no problem to draw.
+    """
+    _check_count(n)
+    rng = random.Random(f"{seed}:{task.op}:train")
+    lengths = range(task.min_digits, task.max_digits + 1)
+    return [
+        _draw_example(task, rng, lambda: (rng.choice(lengths), rng.choice(lengths)), exclude)
+        for _ in range(n)
+    ]
+
+
+def length_eval_sets(
+    task: ArithmeticTask, lengths: Iterable[int] = range(1, 17), n_per_length: int = 100, seed: int = 0
+) -> dict[int, list[Example]]:
+    """For each length, ``n_per_length`` examples whose two operands both have exactly that many digits."""
+    _check_count(n_per_length)
+    sets = {}
+    for length in lengths:
+        if length < 1:
+            raise ValueError(f"operand length {length} must be >= 1")
+        rng = random.Random(f"{seed}:{task.op}:eval:{length}")
+        sets[length] = [
+            _draw_example(task, rng, lambda length=length: (length, length), frozenset())
+            for _ in range(n_per_length)
+        ]
+    return sets
+
+
+def build_splits(
+    task: ArithmeticTask,
+    n_train: int,
+    seed: int,
+    eval_lengths: Sequence[int] = tuple(range(1, 17)),
+    n_eval_per_length: int = 100,
+) -> ArithmeticSplits:
+    """Evaluation sets per length first, then a training set (over the task's digit range) without them."""
+    eval_by_length = length_eval_sets(task, eval_lengths, n_eval_per_length, seed)
+    held_out = problem_keys(example for examples in eval_by_length.values() for example in examples)
+    train = generate_examples(task, n_train, seed, exclude=held_out)
+    return ArithmeticSplits(train, eval_by_length, (task.min_digits, task.max_digits))
+
+
+def _draw_example(
+    task: ArithmeticTask,
+    rng: random.Random,
+    draw_lengths: Callable[[], tuple[int, int]],
+    exclude: Collection[ProblemKey],
+) -> Example:
+    for _ in range(MAX_REJECTIONS):
+        a, b = (_uniform_with_digits(rng, length) for length in draw_lengths())
+        if task.op == "sub" and a < b:
+            a, b = b, a
+        if (a, task.symbol, b) not in exclude:
+            return format_example(task, a, b)
+    raise ValueError(
+        f"no {task.op} problem with {task.min_digits}-{task.max_digits} digits left after excluding "
+        f"{len(exclude)} held-out problems ({MAX_REJECTIONS} draws rejected)"
+    )
+
+
+def _uniform_with_digits(rng: random.Random, digits: int) -> int:
+    low = 0 if digits == 1 else 10 ** (digits - 1)
+    return rng.randrange(low, 10**digits)
+
+
+def _max_result_digits(op: Operation, operand_digits: int) -> int:
+    return {"add": operand_digits + 1, "sub": operand_digits, "mul": 2 * operand_digits}[op]
+
+
+def _write_number(number: int, width: int, reverse: bool) -> str:
+    digits = str(number).zfill(width)
+    return digits[::-1] if reverse else digits
+
+
+def _check_count(n: int) -> None:
+    if n < 0:
+        raise ValueError(f"number of examples {n} must be >= 0")

@@ -1,0 +1,110 @@
+"""A character-level tokenizer for arithmetic that is a real ``transformers`` tokenizer.
+
+One token per character over digits, operators ``+ - * / =``, space, parentheses, comma and period, plus
+``<pad>``, ``<eos>`` (also the BOS token) and ``<unk>``. It saves and loads with ``save_pretrained`` /
+``from_pretrained`` and pads on the left by default, so ``generate``, ``Trainer`` and data collators work
+with it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizer, PreTrainedTokenizerBase
+
+PAD_TOKEN = "<pad>"
+EOS_TOKEN = "<eos>"
+UNK_TOKEN = "<unk>"
+DIGITS = "0123456789"
+SYMBOLS = "+-*/=() ,."
+DEFAULT_VOCAB: dict[str, int] = {
+    token: index for index, token in enumerate([PAD_TOKEN, EOS_TOKEN, UNK_TOKEN, *DIGITS, *SYMBOLS])
+}
+VOCAB_FILE_NAME = "vocab.json"
+
+
+class ArithmeticTokenizer(PreTrainedTokenizer):
+    """One token per character; unknown characters map to ``<unk>``."""
+
+    vocab_files_names = {"vocab_file": VOCAB_FILE_NAME}
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        padding_side: str = "left",
+        pad_token: str = PAD_TOKEN,
+        eos_token: str = EOS_TOKEN,
+        bos_token: str = EOS_TOKEN,
+        unk_token: str = UNK_TOKEN,
+        **kwargs: Any,
+    ) -> None:
+        # The vocabulary must exist before the base constructor, which looks special tokens up in it.
+        self._token_to_id = _read_vocab(Path(vocab_file)) if vocab_file else dict(DEFAULT_VOCAB)
+        self._id_to_token = {index: token for token, index in self._token_to_id.items()}
+        kwargs.setdefault("clean_up_tokenization_spaces", False)  # its cleanup would delete " ." and " ,"
+        super().__init__(
+            padding_side=padding_side,
+            pad_token=pad_token,
+            eos_token=eos_token,
+            bos_token=bos_token,
+            unk_token=unk_token,
+            **kwargs,
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._token_to_id)
+
+    @property
+    def digit_token_ids(self) -> tuple[int, ...]:
+        """Ids of the tokens ``0`` to ``9``, in digit order."""
+        return tuple(self._token_to_id[digit] for digit in DIGITS)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self._token_to_id)
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        return list(text)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self._token_to_id.get(token, self._token_to_id[str(self.unk_token)])
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self._id_to_token.get(index, str(self.unk_token))
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(tokens)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        prefix = f"{filename_prefix}-" if filename_prefix else ""
+        path = Path(save_directory) / f"{prefix}{VOCAB_FILE_NAME}"
+        path.write_text(json.dumps(self._token_to_id, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return (str(path),)
+
+
+def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Ids of the tokens made only of ASCII digits (``0``-``9``): for the char tokenizer, the ten digits;
+    for a BPE tokenizer, every token whose text is digits alone (no leading space)."""
+    if isinstance(tokenizer, ArithmeticTokenizer):
+        return tokenizer.digit_token_ids
+    return tuple(
+        sorted(
+            index
+            for token, index in tokenizer.get_vocab().items()
+            if _is_ascii_digits(tokenizer.convert_tokens_to_string([token]))
+        )
+    )
+
+
+def _is_ascii_digits(text: str) -> bool:
+    return bool(text) and all(character in DIGITS for character in text)
+
+
+def _read_vocab(path: Path) -> dict[str, int]:
+    vocab = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(vocab, dict) or sorted(vocab.values()) != list(range(len(vocab))):
+        raise ValueError(f"{path}: a vocabulary must map tokens to the ids 0..n-1 without gaps")
+    return vocab
