@@ -9,7 +9,15 @@ import torch
 from torch import nn
 
 from mathpe.pe.base import PositionalEncoding, float32_compute
+from mathpe.pe.digits import DigitRunsMixin
 from mathpe.pe.registry import register
+
+
+def require_int(name: str, value: object, minimum: int = 1) -> int:
+    """``value`` when it is an integer >= ``minimum``; a one-line ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -47,3 +55,135 @@ class Sinusoidal(AdditiveEncoding):
     ) -> torch.Tensor:
         with float32_compute(position_ids.device):
             return sinusoidal_table(position_ids, self.hidden_size) * self.scale.float()
+
+
+@register("learned")
+class Learned(AdditiveEncoding):
+    """Learned absolute position embeddings (GPT-2 style): ``nn.Embedding(max_position, hidden)``, std 0.02.
+
+    The table ends at ``max_position``: later positions raise a ValueError (no length generalisation).
+    """
+
+    def __init__(self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int) -> None:
+        super().__init__(
+            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
+        )
+        self.max_supported_position = max_position
+        self.table = nn.Embedding(max_position, hidden_size)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def embed(
+        self, position_ids: torch.Tensor, input_ids: torch.Tensor | None = None, **extra: torch.Tensor
+    ) -> torch.Tensor:
+        self.check_positions(position_ids)
+        return self.table(position_ids).float()
+
+
+def abacus_indices(digit_runs: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Abacus table rows: a digit's place in its number plus its sequence's offset; 0 for non-digits.
+
+    Args:
+        digit_runs: (batch, seq) long, 1 for a number's first digit, 2 for its second, ..., 0 elsewhere.
+        offset: (batch, seq) long offset of each token (one value per sequence; 0 in eval).
+
+    Returns:
+        (batch, seq) long.
+    """
+    return torch.where(digit_runs > 0, digit_runs + offset, 0)
+
+
+@register("abacus")
+class Abacus(DigitRunsMixin, AdditiveEncoding):
+    """Abacus embeddings (McLeish et al. 2024, "Transformers Can Do Arithmetic with the Right Embeddings").
+
+    Every digit gets a learned embedding of its place within its number (1 for the first digit, 2 for the
+    second, ...; ``DigitRunsMixin`` counts it causally, so cached decoding is exact); other tokens get
+    nothing (row 0 of the table, never added). With reversed numbers (least significant digit first) the
+    place is the place value, so digits of equal significance in the operands and the answer share an
+    embedding. Design choices against the reference code (github.com/mcleish7/arithmetic, ``abacus.py``):
+
+    - Random offset (the paper's k): in training mode each sequence draws one offset in
+      [0, max_offset] added to the indices of all its digits, so the whole table gets trained and longer
+      numbers than seen in training still find trained rows. The reference draws one offset per batch; one
+      per sequence gives more variety at no cost. The offset is drawn in ``prepare`` and carried in the
+      cached-decoding state, so it is constant within a sequence. In eval mode the offset is 0, so
+      generation is deterministic.
+    - Non-digits: the reference adds the learned row 0 to every non-digit token; here they get exactly 0,
+      leaving the token embedding untouched (the brief of this zoo: index 0 means "not a digit").
+    - Table: ``max_digits + max_offset + 1`` rows (row 0 unused), init normal std 0.02. A number longer than
+      ``max_digits`` raises a ValueError.
+
+    Options:
+        digit_token_ids: ids of the ten digit tokens (None: no token is a digit, the embedding is 0).
+        max_digits: longest number (in digits) the table supports.
+        max_offset: largest random training offset (the paper trains with k = 100).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_heads: int,
+        head_dim: int,
+        hidden_size: int,
+        max_position: int,
+        digit_token_ids: list[int] | None = None,
+        max_digits: int = 64,
+        max_offset: int = 100,
+    ) -> None:
+        super().__init__(
+            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
+        )
+        self.init_digit_runs(digit_token_ids)
+        self.max_digits = require_int("max_digits", max_digits)
+        self.max_offset = require_int("max_offset", max_offset, minimum=0)
+        self.table = nn.Embedding(max_digits + max_offset + 1, hidden_size)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def prepare(
+        self,
+        *,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``digit_runs`` and ``digit_offset``, both (batch, seq); the state carries the open run and the offset."""
+        extra, runs_carry = super().prepare(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            state=None if state is None else state["runs"],
+        )
+        if state is not None:
+            offset = state["offset"]
+        elif self.training:
+            offset = torch.randint(0, self.max_offset + 1, runs_carry.shape, device=runs_carry.device)
+        else:
+            offset = torch.zeros_like(runs_carry)
+        extra["digit_offset"] = offset[:, None].expand_as(extra["digit_runs"])
+        return extra, {"runs": runs_carry, "offset": offset}
+
+    def embed(
+        self,
+        position_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        digit_runs: torch.Tensor | None = None,
+        digit_offset: torch.Tensor | None = None,
+        **extra: torch.Tensor,
+    ) -> torch.Tensor:
+        """(batch, seq) -> (batch, seq, hidden); ``digit_runs`` / ``digit_offset`` come from ``prepare``.
+
+        Without ``digit_runs`` no token is a digit (as ``prepare`` without token ids), without
+        ``digit_offset`` the offset is 0.
+        """
+        if digit_runs is None:
+            digit_runs = torch.zeros_like(position_ids)
+        if digit_offset is None:
+            digit_offset = torch.zeros_like(digit_runs)
+        longest = int(digit_runs.max()) if digit_runs.numel() else 0
+        if longest > self.max_digits:
+            raise ValueError(
+                f"Abacus got a number of {longest} digits, but max_digits={self.max_digits}; raise max_digits"
+            )
+        index = abacus_indices(digit_runs, digit_offset)
+        return self.table(index).float() * (index > 0).unsqueeze(-1)
