@@ -111,6 +111,8 @@ class RotaryEncoding(PositionalEncoding):
             parameter = self._parameters[name]
             if parameter.dtype in (torch.float16, torch.bfloat16):
                 parameter.data = original.to(device=parameter.device, dtype=torch.float32)
+                if parameter.grad is not None:
+                    parameter.grad = parameter.grad.float()
         return self
 
     def angles(self, position_ids: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
@@ -164,5 +166,5 @@ class RoPE(RotaryEncoding):
             max_position=max_position,
             rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
         )
-        self.base = base
-        self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, base))
+        self.base = check_base(base)
+        self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))
