@@ -1,22 +1,34 @@
-PY ?= .venv/bin/python
+# mathpe: `make demo` runs the main job, `make test` the tests; both create .venv on first use.
+PY := .venv/bin/python
 
-.PHONY: venv test test-slow lint bench demo
+.PHONY: demo test test-slow lint bench verify clean-venv
 
-venv:
+.venv/bin/mathpe: pyproject.toml
 	python3 -m venv .venv
-	.venv/bin/pip install --upgrade pip
-	.venv/bin/pip install torch==2.13.0
-	.venv/bin/pip install -e '.[dev]'
+	.venv/bin/pip install --quiet --upgrade pip
+	# The CPU build of torch first, so no dependency range can pull a CUDA build.
+	.venv/bin/pip install --quiet torch==2.13.0
+	.venv/bin/pip install --quiet -e '.[dev]'
+	touch .venv/bin/mathpe
 
-test:
+demo: .venv/bin/mathpe
+	.venv/bin/mathpe compare --preset quick
+
+test: .venv/bin/mathpe
 	$(PY) -m pytest -q
 
-test-slow:
+test-slow: .venv/bin/mathpe
 	$(PY) -m pytest -q -m slow
 
-lint:
+lint: .venv/bin/mathpe
 	$(PY) -m ruff check src tests scripts
 	$(PY) -m ruff format --check src tests scripts
 
-bench:
-	$(PY) -m mathpe.cli.main bench --quick
+bench: .venv/bin/mathpe
+	.venv/bin/mathpe bench --quick
+
+verify: .venv/bin/mathpe
+	.venv/bin/mathpe verify
+
+clean-venv:
+	rm -rf .venv

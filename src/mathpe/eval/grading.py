@@ -268,8 +268,17 @@ def decode_answer(digits: str, fmt: AnswerFormat) -> int:
     return int(digits[::-1] if fmt == "reversed" else digits)
 
 
-def grade_arithmetic(completion: str, answer: str, fmt: AnswerFormat) -> bool:
-    """Exact match on the integer: the completion's leading digits (after whitespace; anything from the
-    first non-digit on, EOS included, is ignored) against ``answer``, both read in ``fmt``."""
+def extract_arithmetic_answer(completion: str, fmt: AnswerFormat) -> int | None:
+    """The integer a completion answers: its leading digits (after whitespace) read in ``fmt``; None if none.
+
+    Anything from the first non-digit on (EOS included) is ignored.
+    """
     digits = re.match(r"\d*", completion.strip(), re.ASCII).group()
-    return bool(digits) and decode_answer(digits, fmt) == decode_answer(answer.strip(), fmt)
+    return decode_answer(digits, fmt) if digits else None
+
+
+def grade_arithmetic(completion: str, answer: str, fmt: AnswerFormat) -> bool:
+    """Exact match on the integer: the completion's answer (``extract_arithmetic_answer``) against ``answer``,
+    both read in ``fmt``."""
+    predicted = extract_arithmetic_answer(completion, fmt)
+    return predicted is not None and predicted == decode_answer(answer.strip(), fmt)

@@ -19,6 +19,7 @@ from mathpe.data.math import load_math
 from mathpe.eval.grading import (
     GSM8K_STOP_SEQUENCES,
     MATH_STOP_SEQUENCES,
+    extract_arithmetic_answer,
     grade_arithmetic,
     grade_gsm8k,
     grade_math,
@@ -141,5 +142,8 @@ def _arithmetic_task(
 
 
 def _grade_arithmetic(completion: str, reference: str, fmt: str) -> dict[str, Any]:
-    """Exact match of the integer; the reference is the answer text in the task's format."""
-    return {"exact_match": grade_arithmetic(completion, reference, fmt)}
+    """Exact match of the integer (the reference is the answer text in the task's format), and the answer read."""
+    return {
+        "exact_match": grade_arithmetic(completion, reference, fmt),
+        "predicted_answer": extract_arithmetic_answer(completion, fmt),
+    }
