@@ -11,11 +11,8 @@ from mathpe.model import MathPEForCausalLM, preset_config
 from mathpe.pe import pe_options
 from mathpe.train.config import RunConfig
 
-LORA_TARGETS = {
-    "mathpe": ["qkv_proj", "out_proj", "fc_in", "fc_out"],
-    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
+#: LoRA targets in mathpe's decoder: the attention and MLP projections.
+MATHPE_LORA_TARGETS = ["qkv_proj", "out_proj", "fc_in", "fc_out"]
 
 
 def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -74,19 +71,26 @@ def build_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTra
 
 
 def apply_lora(model: PreTrainedModel, config: RunConfig) -> PreTrainedModel:
-    """Wrap ``model`` with PEFT LoRA on its attention and MLP projections; the PE's parameters stay trainable."""
+    """Wrap ``model`` with PEFT LoRA; the PE's parameters stay trainable.
+
+    Targets: mathpe's attention and MLP projections, or the pretrained family's usual attention modules
+    (``query_key_value`` for GPT-NeoX, ``q/k/v/o_proj`` for Llama).
+    """
     from peft import LoraConfig, get_peft_model
 
-    family = model.config.model_type
-    if family not in LORA_TARGETS:
-        raise ValueError(f"no LoRA targets known for model type {family!r}; known: {', '.join(LORA_TARGETS)}")
+    if isinstance(model, MathPEForCausalLM):
+        targets = MATHPE_LORA_TARGETS
+    else:
+        from mathpe.hf import lora_target_modules
+
+        targets = lora_target_modules(model)
     peft_model = get_peft_model(
         model,
         LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=0.05,
-            target_modules=LORA_TARGETS[family],
+            target_modules=targets,
             task_type="CAUSAL_LM",
         ),
     )
