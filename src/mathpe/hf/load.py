@@ -1,0 +1,149 @@
+"""Load a pretrained Hugging Face causal LM and swap its positional encoding (``mathpe.hf.swap``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
+
+from mathpe.hf.swap import (
+    CONFIG_OPTIONS_KEY,
+    CONFIG_PE_KEY,
+    PE_MODULE_NAME,
+    Family,
+    build_model_pe,
+    family_of,
+    family_of_config,
+    install_pe,
+)
+
+
+def _cannot_load(name_or_path: str, error: Exception) -> OSError:
+    """A one-line OSError naming ``name_or_path`` and the first line of ``error``."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return OSError(f"cannot load a model from {name_or_path!r}: {reason}")
+
+
+def _load_config(name_or_path: str) -> PretrainedConfig:
+    """The model config, or a one-line OSError naming ``name_or_path`` when it cannot be read."""
+    looks_local = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
+    if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise OSError(f"cannot load a model from {name_or_path!r}: no such directory")
+    try:
+        return AutoConfig.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise _cannot_load(name_or_path, error) from error
+
+
+def _checkpoint_files(name_or_path: str) -> list[str]:
+    """Local paths of the safetensors files of a checkpoint (one file, or the shards of an index)."""
+    index = cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False)
+    if index is None:
+        return [cached_file(name_or_path, SAFE_WEIGHTS_NAME)]
+    with open(index, encoding="utf-8") as file:
+        shards = sorted(set(json.load(file)["weight_map"].values()))
+    return [cached_file(name_or_path, shard) for shard in shards]
+
+
+def _pe_prefix(family: Family) -> str:
+    """State-dict prefix of the swapped PE's weights."""
+    return f"{family.base_attr}.{PE_MODULE_NAME}."
+
+
+def _from_pretrained(family: Family, name_or_path: str, swapped: bool, **kwargs: Any) -> PreTrainedModel:
+    """``from_pretrained`` of the family's class; ``swapped``: the checkpoint also holds a PE's weights.
+
+    The unswapped class has no PE, so those keys are loaded after the swap (``_load_pe_weights``). Loading
+    goes through a subclass that expects them, so transformers does not report them as unexpected; the model
+    is then made an instance of the plain class again. The subclass keeps the class's name and module, which
+    transformers uses to pick checkpoint key conversions (GPT-NeoX's ``embed_out`` -> ``lm_head``).
+    """
+    model_class = family.model_class
+    loader = model_class
+    if swapped:
+        ignored = [
+            *(model_class._keys_to_ignore_on_load_unexpected or []),
+            f"^{re.escape(_pe_prefix(family))}",
+        ]
+        namespace = {"__module__": model_class.__module__, "_keys_to_ignore_on_load_unexpected": ignored}
+        loader = type(model_class.__name__, (model_class,), namespace)
+    try:
+        model = loader.from_pretrained(name_or_path, **kwargs)
+    except OSError as error:  # missing or unreadable weights
+        raise _cannot_load(name_or_path, error) from error
+    model.__class__ = model_class
+    return model
+
+
+def _load_pe_weights(model: PreTrainedModel, name_or_path: str) -> None:
+    """Load the swapped PE's saved parameters and buffers from the checkpoint into ``model``."""
+    family = family_of(model)
+    pe = getattr(getattr(model, family.base_attr), PE_MODULE_NAME)
+    names = set(pe.state_dict())
+    if not names:
+        return
+    prefix = _pe_prefix(family)
+    state: dict[str, torch.Tensor] = {}
+    for path in _checkpoint_files(name_or_path):
+        with safe_open(path, framework="pt") as file:
+            for key in file.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                if key.startswith(prefix) and key[len(prefix) :] in names:
+                    state[key[len(prefix) :]] = file.get_tensor(key)
+    missing = sorted(names - set(state))
+    if missing:
+        raise ValueError(
+            f"checkpoint {name_or_path!r} lacks the weights {missing} of its PE {pe.registry_name!r}"
+        )
+    pe.load_state_dict(state)
+
+
+def load_model(
+    name_or_path: str,
+    pe: str | None = None,
+    *,
+    dtype: torch.dtype | str = "auto",
+    device: str | torch.device | None = None,
+    **options: Any,
+) -> PreTrainedModel:
+    """``from_pretrained`` a GPT-NeoX or Llama causal LM, then swap its positional encoding.
+
+    A model saved after a swap records it in its config: with ``pe=None`` (or the same PE and no or the same
+    options) the swap is re-applied and the trained PE weights are loaded. Another ``pe`` swaps in a fresh
+    one; ``pe=None`` on an unswapped model keeps its own positional encoding.
+
+    Args:
+        name_or_path: a hub id or a local directory.
+        pe: a name from ``mathpe.pe.list_pes()``, or None.
+        dtype: parameter dtype (``"auto"``: the checkpoint's).
+        device: where to load the model (``device_map``), or None for the CPU.
+        **options: the PE's options (``mathpe.pe.pe_options(pe)``).
+
+    Raises:
+        OSError: ``name_or_path`` cannot be read.
+        ValueError: unsupported architecture, unknown PE or option.
+    """
+    if options and pe is None:
+        raise ValueError(f"PE options {sorted(options)} given without a pe; pass pe= one of the PE names")
+    config = _load_config(name_or_path)
+    family = family_of_config(config)
+    saved_pe = getattr(config, CONFIG_PE_KEY, None)
+    saved_options = getattr(config, CONFIG_OPTIONS_KEY, None) or {}
+    reuse_saved = saved_pe is not None and (pe is None or (pe == saved_pe and options in ({}, saved_options)))
+    if reuse_saved:
+        pe, options = saved_pe, saved_options
+    # Built before the weights load, so a bad PE or option fails fast.
+    built = build_model_pe(config, pe, options) if pe is not None else None
+    model = _from_pretrained(
+        family, name_or_path, saved_pe is not None, config=config, dtype=dtype, device_map=device
+    )
+    if built is not None:
+        install_pe(model, *built)
+    if reuse_saved:
+        _load_pe_weights(model, name_or_path)
+    return model
