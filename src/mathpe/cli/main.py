@@ -159,7 +159,10 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         logging_steps=args.logging_steps,
         threads=args.threads,
         arithmetic=ArithmeticSettings(
-            train_digits=args.train_digits, eval_lengths=args.eval_lengths, fmt=args.format
+            train_digits=args.train_digits,
+            eval_lengths=args.eval_lengths,
+            fmt="plain" if args.format == "plain" else "reversed",
+            reverse_operands=args.format == "reversed",
         ),
     ).validate()
 

@@ -66,11 +66,17 @@ class Task:
 
 @dataclass(frozen=True)
 class ArithmeticSettings:
-    """The synthetic-arithmetic recipe: training digit range, evaluation lengths and text format."""
+    """The synthetic-arithmetic recipe: training digit range, evaluation lengths and text format.
+
+    ``fmt="reversed"`` writes every number least significant digit first, operands included (McLeish et al.
+    2024), so digits of equal place value sit at equal offsets in their numbers; ``reverse_operands=False``
+    reverses the answer only (Lee et al. 2023).
+    """
 
     train_digits: tuple[int, int] = (1, 8)
     eval_lengths: tuple[int, ...] = tuple(range(1, 17))
     fmt: str = "reversed"
+    reverse_operands: bool = True
     zero_pad: bool = False
     eval_per_length: int = 100
 
@@ -121,7 +127,14 @@ def _arithmetic_task(
     name: str, seed: int, train_samples: int, eval_samples: int | None, settings: ArithmeticSettings
 ) -> Task:
     low, high = settings.train_digits
-    task = ArithmeticTask(ARITHMETIC_OPS[name], low, high, fmt=settings.fmt, zero_pad=settings.zero_pad)
+    task = ArithmeticTask(
+        ARITHMETIC_OPS[name],
+        low,
+        high,
+        fmt=settings.fmt,
+        zero_pad=settings.zero_pad,
+        reverse_operands=settings.reverse_operands and settings.fmt == "reversed",
+    )
     per_length = settings.eval_per_length if eval_samples is None else eval_samples
     splits = build_splits(task, train_samples, seed, settings.eval_lengths, per_length)
     items = [

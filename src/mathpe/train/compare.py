@@ -35,19 +35,19 @@ class ComparePreset:
 
 COMPARE_PRESETS: dict[str, ComparePreset] = {
     "quick": ComparePreset(
-        "README's first command: tiny decoder, reversed addition on 1-5 digits, tested to 8 digits",
+        "README's first command: tiny decoder, reversed addition trained on 1-3 digits, tested to 6 digits",
         DEFAULT_PES,
         {
             "model_size": "tiny",
             "datasets": ("addition",),
-            "train_digits": (1, 5),
-            "eval_lengths": tuple(range(1, 9)),
+            "train_digits": (1, 3),
+            "eval_lengths": tuple(range(1, 7)),
             "train_samples": 20_000,
             "eval_samples": 50,
-            "max_steps": 600,
+            "max_steps": 1000,
             "batch_size": 64,
-            "learning_rate": 2e-3,
-            "save_steps": 300,
+            "learning_rate": 1e-3,
+            "save_steps": 500,
             "experiment_name": "compare-quick",
         },
     ),
