@@ -200,3 +200,29 @@ def test_two_process_data_parallel_matches_one_process_with_the_combined_batch(t
     expected = final_weights(single)
     for name, tensor in final_weights(parallel).items():
         torch.testing.assert_close(tensor, expected[name], atol=1e-4, rtol=1e-3)
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_only_good_checkpoints(tmp_path, capsys):
+    code = main(["train", "--pe", "rope", *TINY_ADDITION, "--learning_rate", "1e12", "--max_steps", "30",
+                 "--logging_steps", "1", "--save_steps", "1", "--output_dir", str(tmp_path)])  # fmt: skip
+    message = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(message) == 1 and "the training loss became NaN/inf at step" in message[0]
+    assert not (tmp_path / "model").exists()
+    for checkpoint in tmp_path.glob("checkpoint-*"):
+        weights = load_file(str(checkpoint / "model.safetensors"))
+        assert all(torch.isfinite(tensor).all() for tensor in weights.values()), checkpoint.name
+
+
+def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
+    code = main(["compare", "--pe", "rope,alibi", *TINY_ADDITION, "--max_steps", "2", "--jobs", "1",
+                 "--seeds", "0,1", "--output_dir", str(tmp_path)])  # fmt: skip
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "| rope |" in table and "| alibi |" in table and "4 runs (2 PEs x 2 seeds)" in table
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert set(comparison["pes"]) == {"rope", "alibi"} and comparison["seeds"] == [0, 1]
+    rope = comparison["pes"]["rope"]["addition"]
+    assert len(rope["per_seed"]) == 2 and set(rope["by_length_mean"]) == {"1", "2", "3", "4"}
+    assert (tmp_path / "comparison.md").is_file() and (tmp_path / "accuracy_by_length.png").is_file()
+    assert (tmp_path / "alibi-seed1" / "metrics.json").is_file()

@@ -62,6 +62,8 @@ class RunResult:
 def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
     """Train ``config.pe`` on ``config.datasets``, evaluate by generation and write the run folder."""
     config.validate()
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
