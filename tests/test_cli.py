@@ -215,8 +215,8 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_only_good_checkpoi
 
 
 def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
-    code = main(["compare", "--pe", "rope,alibi", *TINY_ADDITION, "--max_steps", "2", "--jobs", "1",
-                 "--seeds", "0,1", "--output_dir", str(tmp_path)])  # fmt: skip
+    code = main(["compare", "--pe", "rope,alibi", *TINY_ADDITION, "--max_steps", "4", "--jobs", "1",
+                 "--seeds", "0,1", "--save_steps", "2", "--select_best", "--output_dir", str(tmp_path)])  # fmt: skip
     assert code == 0
     table = capsys.readouterr().out
     assert "| rope |" in table and "| alibi |" in table and "4 runs (2 PEs x 2 seeds)" in table
@@ -224,5 +224,8 @@ def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
     assert set(comparison["pes"]) == {"rope", "alibi"} and comparison["seeds"] == [0, 1]
     rope = comparison["pes"]["rope"]["addition"]
     assert len(rope["per_seed"]) == 2 and set(rope["by_length_mean"]) == {"1", "2", "3", "4"}
+    assert len(rope["best_checkpoint"]["per_seed"]) == 2 and "best ckpt: longer (%)" in table
+    best = json.loads((tmp_path / "rope-seed0" / "metrics.json").read_text())["best_checkpoint"]
+    assert Path(best["checkpoint"]).parent == tmp_path / "rope-seed0" and Path(best["checkpoint"]).is_dir()
     assert (tmp_path / "comparison.md").is_file() and (tmp_path / "accuracy_by_length.png").is_file()
     assert (tmp_path / "alibi-seed1" / "metrics.json").is_file()

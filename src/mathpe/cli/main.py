@@ -112,6 +112,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--logging_steps", type=int, default=10)
     training.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     training.add_argument("--eval_batch_size", type=int, default=64)
+    training.add_argument(
+        "--select_best",
+        action="store_true",
+        help="also evaluate the checkpoint with the lowest in-distribution validation loss (arithmetic)",
+    )
 
     output = parser.add_argument_group("output")
     output.add_argument("--experiment_name", default="mathpe")
@@ -158,6 +163,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         save_steps=args.save_steps,
         logging_steps=args.logging_steps,
         threads=args.threads,
+        select_best=args.select_best,
         arithmetic=ArithmeticSettings(
             train_digits=args.train_digits,
             eval_lengths=args.eval_lengths,

@@ -28,6 +28,7 @@ from mathpe.eval.grading import (
 ARITHMETIC_OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
 TEXT_DATASETS = ("gsm8k", "math")
 DATASETS = (*ARITHMETIC_OPS, *TEXT_DATASETS)
+VALIDATION_SAMPLES = 512
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class Task:
         max_new_tokens: generation budget per prompt.
         stop: strings that end a completion (besides EOS).
         train_groups: groups seen in training (in-distribution), for arithmetic length splits.
+        validation_pairs: held-out pairs from the training distribution, for choosing the best checkpoint.
     """
 
     name: str
@@ -62,6 +64,7 @@ class Task:
     max_new_tokens: int
     stop: tuple[str, ...] = ()
     train_groups: frozenset[int | str] = field(default_factory=frozenset)
+    validation_pairs: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,10 @@ def _arithmetic_task(
         reverse_operands=settings.reverse_operands and settings.fmt == "reversed",
     )
     per_length = settings.eval_per_length if eval_samples is None else eval_samples
-    splits = build_splits(task, train_samples, seed, settings.eval_lengths, per_length)
+    # The validation pairs are drawn after the training pairs from the same generator (so the training set
+    # of a seed does not depend on them), and like them exclude every evaluation problem.
+    splits = build_splits(task, train_samples + VALIDATION_SAMPLES, seed, settings.eval_lengths, per_length)
+    train, validation = splits.train[:train_samples], splits.train[train_samples:]
     items = [
         EvalItem(example.prompt, example.answer, length)
         for length, examples in splits.eval_by_length.items()
@@ -145,12 +151,13 @@ def _arithmetic_task(
     longest_answer = max(len(item.reference) for item in items)
     return Task(
         name=name,
-        train_pairs=[(example.prompt, example.answer) for example in splits.train],
+        train_pairs=[(example.prompt, example.answer) for example in train],
         eval_items=items,
         grade=partial(_grade_arithmetic, fmt=settings.fmt),
         metrics=("exact_match",),
         max_new_tokens=longest_answer + 2,
         train_groups=frozenset(range(low, high + 1)),
+        validation_pairs=[(example.prompt, example.answer) for example in validation],
     )
 
 

@@ -114,7 +114,13 @@ def _run_one(config: RunConfig) -> dict[str, Any]:
             "error": f"{type(error).__name__}: {error}",
             "traceback": traceback.format_exc(),
         }
-    return {"pe": config.pe, "seed": config.seed, "metrics": result.metrics, "train": result.train}
+    return {
+        "pe": config.pe,
+        "seed": config.seed,
+        "metrics": result.metrics,
+        "train": result.train,
+        "best": result.best,
+    }
 
 
 def write_comparison(
@@ -130,7 +136,7 @@ def write_comparison(
     by_pe: dict[str, list[dict[str, Any]]] = {}
     for summary in summaries:
         by_pe.setdefault(summary["pe"], []).append(summary)
-    rows, table_rows, curves = {}, [], {}
+    rows, curves = {}, {}
     for pe, results in by_pe.items():
         ok = [r for r in results if "error" not in r]
         rows[pe] = {
@@ -139,14 +145,17 @@ def write_comparison(
         }
         for dataset in datasets:
             stats = _dataset_stats([r["metrics"][dataset] for r in ok]) if ok else {}
+            with_best = [r["best"]["datasets"][dataset] for r in ok if r.get("best")]
+            if with_best:
+                stats["best_checkpoint"] = _dataset_stats(with_best)
             rows[pe][dataset] = stats
             if stats.get("by_length_mean"):
                 curves[pe] = stats["by_length_mean"]
         train_seconds = [r["train"]["train_seconds"] for r in ok]
         rows[pe]["train_seconds_mean"] = statistics.fmean(train_seconds) if train_seconds else None
         rows[pe]["steps_mean"] = statistics.fmean(r["train"]["steps"] for r in ok) if ok else None
-        table_rows.append(_table_row(pe, rows[pe], datasets))
 
+    select_best = any(s.get("best") for s in summaries)
     header = ["PE"]
     for dataset in datasets:
         header += [
@@ -155,12 +164,20 @@ def write_comparison(
             f"{dataset} longer (%)",
             "best seed (%)",
         ]
+        if select_best:
+            header += ["best ckpt: in-dist (%)", "best ckpt: longer (%)"]
     header += ["steps", "train s"]
-    table = markdown_table(header, table_rows)
+    table = markdown_table(header, [_table_row(pe, rows[pe], datasets, select_best) for pe in by_pe])
     seeds = sorted({s["seed"] for s in summaries})
     note = (
         f"\n{len(summaries)} runs ({len(by_pe)} PEs x {len(seeds)} seeds), {jobs} parallel jobs, "
-        f"wall time {wall_seconds:.0f} s. Means over seeds; 'best seed' is the best seed's overall score.\n"
+        f"wall time {wall_seconds:.0f} s. Means over seeds; 'best seed' is the best seed's overall score"
+        + (
+            "; 'best ckpt' is the checkpoint with the lowest in-distribution validation loss"
+            if select_best
+            else ""
+        )
+        + ".\n"
     )
     write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}")
     write_json(
@@ -209,12 +226,12 @@ def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...]) -> list[str]:
+def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...], select_best: bool) -> list[str]:
     cells = [pe]
     for dataset in datasets:
         stats = row.get(dataset) or {}
         if not stats:
-            cells += ["failed: " + "; ".join(row["errors"])[:80], "-", "-", "-"]
+            cells += ["failed: " + "; ".join(row["errors"])[:80], "-", "-", "-"] + ["-", "-"] * select_best
             continue
         cells += [
             percent(stats["overall_mean"]),
@@ -222,6 +239,12 @@ def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...]) -> list[
             percent(stats.get("out_of_distribution_mean")),
             percent(stats["overall_best"]),
         ]
+        if select_best:
+            best = stats.get("best_checkpoint", {})
+            cells += [
+                percent(best.get("in_distribution_mean")),
+                percent(best.get("out_of_distribution_mean")),
+            ]
     cells += [
         "-" if row["steps_mean"] is None else f"{row['steps_mean']:.0f}",
         "-" if row["train_seconds_mean"] is None else f"{row['train_seconds_mean']:.0f}",

@@ -53,6 +53,7 @@ class RunConfig:
     save_steps: int = 200
     logging_steps: int = 10
     threads: int | None = None
+    select_best: bool = False
     arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings)
 
     @property
@@ -120,6 +121,8 @@ class RunConfig:
                 f"--model_size {self.model_size!r} is neither a preset ({', '.join(PRESETS)}) nor a readable "
                 "model directory"
             )
+        if self.select_best and (self.use_lora or not self.arithmetic_only):
+            raise ConfigError("--select_best needs arithmetic datasets and full fine-tuning (no --use_lora)")
         low, high = self.arithmetic.train_digits
         if not 1 <= low <= high:
             raise ConfigError(f"train digits {low}-{high} must satisfy 1 <= min <= max")

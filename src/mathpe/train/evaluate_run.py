@@ -7,13 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-import mathpe.model  # noqa: F401  (registers model_type "mathpe" with AutoModelForCausalLM)
 from mathpe.data.tokenizer import ArithmeticTokenizer
 from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.train.config import RunConfig
 from mathpe.train.run import evaluate_and_report
+from mathpe.train.setup import load_saved_model
 
 
 def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -53,12 +53,7 @@ def evaluate_saved_run(
     )
     model_dir = run_dir / "model"
     tokenizer = load_run_tokenizer(model_dir, raw.get("tokenizer", ""))
-    if config.is_preset:
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-    else:
-        from mathpe.hf import load_model
-
-        model = load_model(str(model_dir))
+    model = load_saved_model(model_dir, config)
     tasks = [
         build_task(
             name,

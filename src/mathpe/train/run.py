@@ -13,6 +13,7 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -38,7 +39,7 @@ from mathpe.eval.report import (
 )
 from mathpe.eval.tasks import Task, build_task
 from mathpe.train.config import RunConfig
-from mathpe.train.setup import apply_lora, build_model, build_tokenizer, resolved_pe_options
+from mathpe.train.setup import apply_lora, build_model, build_tokenizer, load_saved_model, resolved_pe_options
 from mathpe.train.trainer import (
     MathPETrainer,
     NonFiniteLossCallback,
@@ -57,6 +58,8 @@ class RunResult:
     run_dir: Path
     metrics: dict[str, dict[str, Any]]
     train: dict[str, Any] = field(default_factory=dict)
+    #: With ``select_best``: the best-validation-loss checkpoint's path, loss and metrics per dataset.
+    best: dict[str, Any] | None = None
 
 
 def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
@@ -85,11 +88,25 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
 
     model, train_stats = train(config, model, tokenizer, tasks, progress=progress)
     trained = model.merge_and_unload() if config.use_lora else model
-    if train_stats["is_main_process"]:
-        trained.save_pretrained(run_dir / "model")
-        tokenizer.save_pretrained(run_dir / "model")
-        return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, progress=progress)
-    return RunResult(run_dir, {}, train_stats)
+    if not train_stats["is_main_process"]:
+        return RunResult(run_dir, {}, train_stats)
+    trained.save_pretrained(run_dir / "model")
+    tokenizer.save_pretrained(run_dir / "model")
+    result = evaluate_and_report(config, trained, tokenizer, tasks, train_stats, progress=progress)
+    best = train_stats.get("best_checkpoint")
+    if config.select_best and best:
+        best_model = load_saved_model(best, config).to(trained.device)
+        result.best = {
+            "checkpoint": best,
+            "validation_loss": train_stats["best_validation_loss"],
+            "datasets": {
+                task.name: evaluate_task(best_model, tokenizer, task, batch_size=config.eval_batch_size)[0]
+                for task in tasks
+            },
+        }
+        metrics_file = run_dir / "metrics.json"
+        write_json(metrics_file, {**json.loads(metrics_file.read_text()), "best_checkpoint": result.best})
+    return result
 
 
 def run_settings(
@@ -129,7 +146,12 @@ def training_arguments(config: RunConfig, *, progress: bool) -> TrainingArgument
         activation_checkpointing=config.gradient_checkpointing,
         save_strategy="steps",
         save_steps=config.save_steps,
-        save_total_limit=2,
+        save_total_limit=2,  # the best checkpoint (with --select_best) is kept on top of these
+        eval_strategy="steps" if config.select_best else "no",
+        eval_steps=config.save_steps if config.select_best else None,
+        per_device_eval_batch_size=config.eval_batch_size,
+        metric_for_best_model="eval_loss" if config.select_best else None,
+        greater_is_better=False if config.select_best else None,
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,
         report_to=["tensorboard"],
@@ -158,6 +180,11 @@ def train(
         for task in tasks
         for prompt, target in task.train_pairs
     ]
+    validation = [
+        encode_example(tokenizer, prompt, target, config.max_length)
+        for task in tasks
+        for prompt, target in task.validation_pairs
+    ]
     if config.gradient_checkpointing:
         model.config.use_cache = False
     if config.use_lora:
@@ -167,6 +194,7 @@ def train(
         model=model,
         args=training_arguments(config, progress=progress),
         train_dataset=features,
+        eval_dataset=validation if config.select_best else None,
         data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
         callbacks=[divergence, budget],
     )
@@ -191,6 +219,8 @@ def train(
         "stopped_by_time_budget": budget.stopped_at is not None,
         "resumed_from": str(resume_from) if resume_from else None,
         "examples": len(features),
+        "best_checkpoint": trainer.state.best_model_checkpoint,
+        "best_validation_loss": trainer.state.best_metric,
         "is_main_process": trainer.is_world_process_zero(),
     }
 

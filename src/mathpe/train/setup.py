@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -68,6 +69,15 @@ def build_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTra
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def load_saved_model(path: str | Path, config: RunConfig) -> PreTrainedModel:
+    """A model saved by a run (its final ``model/`` or a checkpoint), PE swap included for pretrained ones."""
+    if config.is_preset:
+        return MathPEForCausalLM.from_pretrained(path)
+    from mathpe.hf import load_model
+
+    return load_model(str(path))
 
 
 def apply_lora(model: PreTrainedModel, config: RunConfig) -> PreTrainedModel:

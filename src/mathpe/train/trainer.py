@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mathpe.pe import PositionalEncoding
@@ -52,7 +53,11 @@ class MathPETrainer(Trainer):
         finally:
             self.args.output_dir = str(run_dir)
         self.accelerator.wait_for_everyone()
+        best = self.state.best_model_checkpoint
+        if best is not None and Path(best).parent == staging_root:  # recorded while saving into staging
+            self.state.best_model_checkpoint = str(run_dir / Path(best).name)
         if self.args.should_save:
+            self.state.save_to_json(str(staging_root / name / TRAINER_STATE_NAME))
             shutil.rmtree(run_dir / name, ignore_errors=True)
             os.replace(staging_root / name, run_dir / name)
             rotate_checkpoints(
