@@ -65,9 +65,11 @@ class PositionalEncoding(nn.Module):
     uses_hidden_states: ClassVar[bool] = False
     #: Largest supported position (exclusive), or None when unbounded.
     max_supported_position: int | None = None
-    #: Buffers whose exact float32 values must survive ``.to(dtype)`` (frequency tables): they follow the
-    #: module's device but keep float32, so angles stay exact after ``model.half()``.
+    #: Buffers (frequency tables, slopes) that stay exactly float32 through ``.to(dtype)``, and parameters
+    #: (learned scales of angles) that never drop below float32 (a float64 module keeps float64 ones): both
+    #: follow the module's device, so angles and biases are exact in a half-precision model too.
     float32_buffers: ClassVar[tuple[str, ...]] = ()
+    float32_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int) -> None:
         super().__init__()
@@ -85,12 +87,18 @@ class PositionalEncoding(nn.Module):
         self.max_position = max_position
 
     def _apply(self, fn: Any, recurse: bool = True) -> PositionalEncoding:
-        kept = {
-            name: self._buffers[name] for name in self.float32_buffers if self._buffers.get(name) is not None
-        }
+        kept_buffers = {name: self._buffers[name] for name in self.float32_buffers if name in self._buffers}
+        kept_parameters = {name: self._parameters[name].data for name in self.float32_parameters}
         super()._apply(fn, recurse)
-        for name, original in kept.items():
-            self._buffers[name] = original.to(device=self._buffers[name].device, dtype=torch.float32)
+        for name, original in kept_buffers.items():
+            if self._buffers[name].dtype != torch.float32:
+                self._buffers[name] = original.to(device=self._buffers[name].device, dtype=torch.float32)
+        for name, original in kept_parameters.items():
+            parameter = self._parameters[name]
+            if parameter.dtype in (torch.float16, torch.bfloat16):
+                parameter.data = original.to(device=parameter.device, dtype=torch.float32)
+                if parameter.grad is not None:
+                    parameter.grad = parameter.grad.float()
         return self
 
     def prepare(

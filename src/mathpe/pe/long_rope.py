@@ -34,11 +34,9 @@ import torch
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import (
     RotaryEncoding,
-    check_base,
     rope_exponents,
     rope_inverse_frequencies,
     rotary_angles,
-    rotary_dim_for,
 )
 
 SCALINGS = ("linear", "ntk", "dynamic", "yarn")
@@ -138,9 +136,9 @@ class LongSequenceRoPE(RotaryEncoding):
             head_dim=head_dim,
             hidden_size=hidden_size,
             max_position=max_position,
-            rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
+            base=base,
+            rotary_fraction=rotary_fraction,
         )
-        self.base = check_base(base)
         if scaling not in SCALINGS:
             raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
         if not factor >= 1.0:

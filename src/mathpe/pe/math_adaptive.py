@@ -60,10 +60,8 @@ from mathpe.pe.base import float32_compute
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import (
     RotaryEncoding,
-    check_base,
     rope_inverse_frequencies,
     rotary_angles,
-    rotary_dim_for,
 )
 
 
@@ -154,9 +152,9 @@ class MathAdaptive(RotaryEncoding):
             head_dim=head_dim,
             hidden_size=hidden_size,
             max_position=max_position,
-            rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
+            base=base,
+            rotary_fraction=rotary_fraction,
         )
-        self.base = check_base(base)
         if not 0.0 <= max_modulation < 1.0:
             raise ValueError(
                 f"max_modulation must be in [0, 1) so frequencies stay positive, got {max_modulation!r}"

@@ -32,10 +32,8 @@ from mathpe.pe.digits import DigitRunsMixin
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import (
     RotaryEncoding,
-    check_base,
     rope_inverse_frequencies,
     rotary_angles,
-    rotary_dim_for,
 )
 
 
@@ -105,9 +103,9 @@ class MathematicalRoPE(DigitRunsMixin, RotaryEncoding):
             head_dim=head_dim,
             hidden_size=hidden_size,
             max_position=max_position,
-            rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
+            base=base,
+            rotary_fraction=rotary_fraction,
         )
-        self.base = check_base(base)
         self.digit_pairs = digit_pair_count(self.rotary_dim // 2, digit_fraction)
         self.init_digit_runs(digit_token_ids)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))

@@ -7,7 +7,7 @@ frequencies and contextual positions, ``math_adaptive.py``).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -85,35 +85,30 @@ def rotary_dim_for(head_dim: int, rotary_fraction: float) -> int:
 class RotaryEncoding(PositionalEncoding):
     """Base of the rotary family: subclasses define ``angles``; cos/sin and rotation are shared.
 
-    ``attention_scaling`` multiplies cos and sin (YaRN's attention factor; 1.0 otherwise).
-    ``float32_parameters`` names learnable parameters that set the angles (scales, frequency adjustments):
-    like ``float32_buffers`` they keep float32 when the module is cast to float16 / bfloat16, because an
-    angle error grows with the position (a scale rounded to float16 is off by ~0.1 rad at position 300).
+    ``attention_scaling`` multiplies cos and sin (YaRN's attention factor; 1.0 otherwise). Learnable
+    parameters that set the angles belong in ``float32_parameters``: an angle error grows with the position
+    (a scale rounded to float16 is off by ~0.1 rad at position 300).
     """
 
     kind: ClassVar[str] = "rotary"
     float32_buffers: ClassVar[tuple[str, ...]] = ("inv_freq",)
-    float32_parameters: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
-        self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int, rotary_dim: int
+        self,
+        *,
+        num_heads: int,
+        head_dim: int,
+        hidden_size: int,
+        max_position: int,
+        base: float,
+        rotary_fraction: float,
     ) -> None:
         super().__init__(
             num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
         )
-        self.rotary_dim = rotary_dim
+        self.rotary_dim = rotary_dim_for(head_dim, rotary_fraction)
+        self.base = check_base(base)
         self.attention_scaling = 1.0
-
-    def _apply(self, fn: Any, recurse: bool = True) -> RotaryEncoding:
-        kept = {name: self._parameters[name].data for name in self.float32_parameters}
-        super()._apply(fn, recurse)
-        for name, original in kept.items():
-            parameter = self._parameters[name]
-            if parameter.dtype in (torch.float16, torch.bfloat16):
-                parameter.data = original.to(device=parameter.device, dtype=torch.float32)
-                if parameter.grad is not None:
-                    parameter.grad = parameter.grad.float()
-        return self
 
     def angles(self, position_ids: torch.Tensor, **extra: torch.Tensor) -> torch.Tensor:
         """(batch, seq) positions -> (batch, seq, rotary_dim // 2) float32 angles."""
@@ -164,7 +159,7 @@ class RoPE(RotaryEncoding):
             head_dim=head_dim,
             hidden_size=hidden_size,
             max_position=max_position,
-            rotary_dim=rotary_dim_for(head_dim, rotary_fraction),
+            base=base,
+            rotary_fraction=rotary_fraction,
         )
-        self.base = check_base(base)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))
