@@ -229,3 +229,11 @@ def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
     assert Path(best["checkpoint"]).parent == tmp_path / "rope-seed0" and Path(best["checkpoint"]).is_dir()
     assert (tmp_path / "comparison.md").is_file() and (tmp_path / "accuracy_by_length.png").is_file()
     assert (tmp_path / "alibi-seed1" / "metrics.json").is_file()
+
+    # --resume reads finished runs back instead of training them again.
+    (tmp_path / "rope-seed0" / "model").rename(tmp_path / "rope-seed0" / "model-moved")
+    code = main(["compare", "--pe", "rope", *TINY_ADDITION, "--max_steps", "4", "--jobs", "1", "--seeds", "0",
+                 "--save_steps", "2", "--select_best", "--resume", "--output_dir", str(tmp_path)])  # fmt: skip
+    assert code == 0 and not (tmp_path / "rope-seed0" / "model").exists()
+    again = json.loads((tmp_path / "comparison.json").read_text())["pes"]["rope"]["addition"]
+    assert again["per_seed"] == rope["per_seed"][:1]
