@@ -26,7 +26,8 @@ import datetime
 import importlib.metadata
 import json
 import platform
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,14 @@ PROFILES: dict[str, Sizes] = {
         throughput_batch=8,
         throughput_seq=2048,
         warmup=2,
-        repeats=5,
-        expected_minutes="about 4-5 hours",
+        repeats=6,
+        min_seconds=10.0,
+        expected_minutes="about 2-2.5 hours (estimated from its sections run separately)",
     ),
     # The same sections at small sizes: under two minutes on 2 CPU cores.
     "quick": Sizes(
         shape=preset_shape("small"),
-        batch=2,
+        batch=1,
         seqs=(128, 256),
         swap_shapes=("tiny", "pythia-160m"),
         swap_every_pe=("tiny",),
@@ -82,7 +84,8 @@ PROFILES: dict[str, Sizes] = {
         throughput_batch=4,
         throughput_seq=512,
         warmup=1,
-        repeats=3,
+        repeats=4,
+        min_seconds=1.5,
         expected_minutes="under 2 minutes",
     ),
     # Seconds: the test suite's check that every section runs and reports well-formed figures.
@@ -103,7 +106,8 @@ PROFILES: dict[str, Sizes] = {
         throughput_batch=1,
         throughput_seq=16,
         warmup=1,
-        repeats=1,
+        repeats=2,
+        min_seconds=0.0,
         expected_minutes="seconds",
     ),
 }
@@ -143,31 +147,47 @@ def run_benchmarks(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    tables: list[Table] = []
+    results: dict[str, Any] = {"meta": meta, "tables": {}, "missed": []}
     try:
-        setting = Setting(torch.device("cpu"), torch.float32, sizes)
-        runs = [section for key, section in zip(SECTION_KEYS, SECTIONS, strict=False) if key in selected]
-        for section in runs:
-            tables.append(section(setting))
-            echo(tables[-1].markdown())
-        if "cuda" in selected:
-            for table in cuda_tables(sizes):
-                tables.append(table)
-                echo(table.markdown())
+        started = time.perf_counter()
+        for table in _tables(sizes, selected):
+            table.notes.append(f"Section time: {time.perf_counter() - started:.0f} s.")
+            echo(table.markdown())
+            results["tables"][table.key] = table.as_json()
+            results["missed"].extend(
+                f"{table.title}: {_row_label(row)} ({row['target']})" for row in table.missed()
+            )
+            _write(results, json_path)  # after every section, so a long run that stops keeps what it measured
+            started = time.perf_counter()
     finally:
         torch.set_num_threads(previous_threads)
-    missed = [f"{table.title}: {_row_label(row)} ({row['target']})" for table in tables for row in table.missed()]
+    missed = results["missed"]
     echo("### Targets missed\n\n" + ("\n".join(f"- {line}" for line in missed) or "None.") + "\n")
-    results = {"meta": meta, "tables": {table.key: table.as_json() for table in tables}, "missed": missed}
-    if json_path is not None:
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
 
 
+def _write(results: dict[str, Any], json_path: str | Path | None) -> None:
+    if json_path is not None:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+def _tables(sizes: Sizes, selected: tuple[str, ...]) -> Iterator[Table]:
+    """Run the selected sections in order, yielding each table as soon as it is complete."""
+    setting = Setting(torch.device("cpu"), torch.float32, sizes)
+    for key, section in zip(SECTION_KEYS, SECTIONS, strict=False):
+        if key in selected:
+            yield section(setting)
+    if "cuda" in selected:
+        yield from cuda_tables(sizes)
+
+
 def _row_label(row: dict[str, Any]) -> str:
-    """A row's identifying columns (its non-figure values), for the list of missed targets."""
-    return ", ".join(f"{key}={value}" for key, value in row.items() if isinstance(value, str | int) and key != "target"
-                     and not isinstance(value, bool))
+    """A row's identifying columns (its text and integer values), for the list of missed targets."""
+    return ", ".join(
+        f"{key}={value}"
+        for key, value in row.items()
+        if key != "target" and isinstance(value, str | int) and not isinstance(value, bool)
+    )
 
 
 def _version(package: str) -> str | None:
@@ -197,6 +217,7 @@ def _header(meta: dict[str, Any], sizes: Sizes) -> str:
         f"## mathpe bench: profile {meta['profile']}, {meta['threads']} CPU thread(s), {meta['date']}\n\n"
         f"torch {meta['torch']}, transformers {meta['transformers']}, "
         f"x-transformers {meta['x_transformers'] or 'not installed'}, CUDA: {meta['cuda_device'] or 'none'}. "
-        f"Expected duration on 2 CPU cores: {sizes.expected_minutes}. Figures are medians of {sizes.repeats} "
-        f"timed runs after {sizes.warmup} warm-up run(s); ratios are paired round by round.\n"
+        f"Expected duration on 2 CPU cores: {sizes.expected_minutes}. Figures are medians of at least {sizes.repeats} "
+        f"timed runs (more while a comparison's runs total under {sizes.min_seconds:g} s) after {sizes.warmup} "
+        "warm-up run(s); ratios are paired round by round.\n"
     )

@@ -1,9 +1,12 @@
 """Timing and peak memory of benchmark workloads.
 
-Timing: every side of a comparison runs ``warmup`` untimed times, then ``repeats`` rounds in which each side runs
-once, in an order rotated every round (so no side always runs first or right after another). A figure is the
-median over rounds; a ratio is the median over rounds of the two sides' times *in the same round*, so a load
-change from another job on the shared cores hits both sides of a pair alike.
+Timing: every side of a comparison runs ``warmup`` untimed times, then rounds in which each side runs once: an
+even round in a random (seeded) order, the next in the reverse order, so every side runs as often early as late
+and follows varying neighbours (cache and frequency effects favour no side). At least ``repeats`` rounds
+(rounded up to even), and more while the timed runs total less than ``min_seconds`` (cheap workloads get more
+rounds, up to ``MAX_ROUNDS``, so their medians are as steady as those of expensive ones). A figure is the median
+over rounds; a ratio is the median over rounds of the two sides' times *in the same round*, so a load change
+from another job on the shared cores hits both sides of a pair alike.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above what was allocated before the call. On the CPU
 nothing tracks the high-water mark (``tracemalloc`` does not see torch's allocator, and ``ru_maxrss`` is
@@ -22,10 +25,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from random import Random
 
 import torch
 from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
+
+#: Most rounds ``min_seconds`` adds (rounds come in pairs: an order and its reverse).
+MAX_ROUNDS = 50
 
 
 @dataclass
@@ -41,7 +48,9 @@ class Measurement:
 
     def ratio(self, side: str, baseline: str) -> float:
         """Median over rounds of ``side``'s time / ``baseline``'s time in the same round."""
-        return statistics.median(a / b for a, b in zip(self.seconds[side], self.seconds[baseline], strict=True))
+        return statistics.median(
+            a / b for a, b in zip(self.seconds[side], self.seconds[baseline], strict=True)
+        )
 
 
 def synchronize(device: torch.device) -> None:
@@ -56,6 +65,7 @@ def measure(
     warmup: int,
     repeats: int,
     device: torch.device,
+    min_seconds: float = 0.0,
     memory: bool = False,
 ) -> Measurement:
     """Time every side (see the module docstring); ``memory``: record the peak of each side's last warm-up run."""
@@ -71,14 +81,23 @@ def measure(
         else:
             sides[name]()
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+    random = Random(0)
+    order = names
+    total = 0.0
+    round_index = 0
+    while round_index % 2 or round_index < repeats or (total < min_seconds and round_index < MAX_ROUNDS):
+        if round_index % 2 == 0:
+            order = random.sample(names, len(names))
+        else:
+            order.reverse()
+        for name in order:
             synchronize(device)
             start = time.perf_counter()
             sides[name]()
             synchronize(device)
             seconds[name].append(time.perf_counter() - start)
+            total += seconds[name][-1]
+        round_index += 1
     return Measurement(seconds, peaks if memory else None)
 
 

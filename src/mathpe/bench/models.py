@@ -181,11 +181,8 @@ def generation(model: PreTrainedModel, prompt: torch.Tensor, new_tokens: int) ->
             pad_token_id=0,
         )
         if output.shape[1] != prompt.shape[1] + new_tokens:
-            raise RuntimeError(f"generate stopped after {output.shape[1] - prompt.shape[1]} of {new_tokens} tokens")
+            raise RuntimeError(
+                f"generate stopped after {output.shape[1] - prompt.shape[1]} of {new_tokens} tokens"
+            )
 
     return run
-
-
-def prepare(model: nn.Module, device: torch.device, dtype: torch.dtype, *, train: bool) -> nn.Module:
-    """Move ``model`` to ``device`` / ``dtype`` and set train (dropout is 0 anyway) or eval mode."""
-    return model.to(device=device, dtype=dtype).train(train)

@@ -65,7 +65,8 @@ class Table:
             lines.append("| " + " | ".join(self.columns) + " |")
             lines.append("|" + "|".join("---" for _ in self.columns) + "|")
             lines.extend(
-                "| " + " | ".join(_cell(row.get(column)) for column in self.columns) + " |" for row in self.rows
+                "| " + " | ".join(_cell(row.get(column)) for column in self.columns) + " |"
+                for row in self.rows
             )
             lines.append("")
         lines.extend(f"- {note}" for note in self.notes)

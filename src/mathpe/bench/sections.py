@@ -16,7 +16,6 @@ from mathpe.bench.models import (
     generation,
     mathpe_decoder,
     neox,
-    prepare,
     random_tokens,
     swapped,
     train_step,
@@ -60,7 +59,8 @@ class Sizes:
     throughput_batch: int
     throughput_seq: int
     warmup: int
-    repeats: int
+    repeats: int  # at least this many timed rounds per comparison ...
+    min_seconds: float  # ... and more while a comparison's timed runs total less than this
     expected_minutes: str  # on this project's 2-core CPU machine at 1 thread, for the header
 
 
@@ -75,8 +75,14 @@ class Setting:
     title_prefix: str = ""
 
     def measure(self, sides: Mapping[str, Callable[[], object]], *, memory: bool = False) -> Measurement:
+        sizes = self.sizes
         return measure(
-            sides, warmup=self.sizes.warmup, repeats=self.sizes.repeats, device=self.device, memory=memory
+            sides,
+            warmup=sizes.warmup,
+            repeats=sizes.repeats,
+            min_seconds=sizes.min_seconds,
+            device=self.device,
+            memory=memory,
         )
 
     def table(self, key: str, title: str, columns: list[str]) -> Table:
@@ -85,9 +91,12 @@ class Setting:
     def tokens(self, batch: int, seq: int, vocab: int) -> torch.Tensor:
         return random_tokens(batch, seq, vocab, self.device)
 
+    def place(self, model: torch.nn.Module, *, train: bool) -> torch.nn.Module:
+        """``model`` on this setting's device and dtype, in train or eval mode (dropout is 0 anyway)."""
+        return model.to(device=self.device, dtype=self.dtype).train(train)
+
     def decoder(self, pe: str, max_position: int, *, train: bool, **options: object) -> torch.nn.Module:
-        model = mathpe_decoder(pe, self.sizes.shape, max_position, **options)
-        return prepare(model, self.device, self.dtype, train=train)
+        return self.place(mathpe_decoder(pe, self.sizes.shape, max_position, **options), train=train)
 
 
 def _mib(value: int) -> float:
@@ -105,7 +114,17 @@ def pe_overhead(setting: Setting) -> Table:
         "pe_overhead",
         f"1. PE overhead: forward+backward of mathpe's decoder ({_describe(sizes.shape)}, batch {sizes.batch}), "
         "ratio to nope",
-        ["pe", "kind", "seq", "step_ms", "time_ratio_vs_nope", "peak_mib", "memory_ratio_vs_nope", "target", "met"],
+        [
+            "pe",
+            "kind",
+            "seq",
+            "step_ms",
+            "time_ratio_vs_nope",
+            "peak_mib",
+            "memory_ratio_vs_nope",
+            "target",
+            "met",
+        ],
     )
     models = {pe: setting.decoder(pe, max(sizes.seqs), train=True) for pe in list_pes()}
     for seq in sizes.seqs:
@@ -143,7 +162,7 @@ def against_baselines(setting: Setting) -> Table:
     )
     models = {
         "mathpe rope": setting.decoder("rope", seq, train=True),
-        "transformers GPT-NeoX": prepare(neox(sizes.shape, seq), setting.device, setting.dtype, train=True),
+        "transformers GPT-NeoX": setting.place(neox(sizes.shape, seq), train=True),
     }
     pairs = [("mathpe rope", "transformers GPT-NeoX", BASELINE_TARGET)]
     if x_transformers_available():
@@ -155,9 +174,7 @@ def against_baselines(setting: Setting) -> Table:
         ):
             ours = f"mathpe {pe}" + (" (fixed slopes)" if options else "")
             models.setdefault(ours, setting.decoder(pe, seq, train=True, **options))
-            models.setdefault(
-                name, prepare(x_transformer(sizes.shape, seq, pe), setting.device, setting.dtype, train=True)
-            )
+            models.setdefault(name, setting.place(x_transformer(sizes.shape, seq, pe), train=True))
             pairs.append((ours, name, BASELINE_TARGET if pe == "rope" else None))
     else:
         table.notes.append(
@@ -196,31 +213,30 @@ def swapped_models(setting: Setting) -> Table:
     max_position = max(2048, sizes.swap_seq, sizes.prompt + sizes.new_tokens)
     for key in sizes.swap_shapes:
         shape = NEOX_SHAPES[key]
-        base = prepare(neox(shape, max_position), setting.device, setting.dtype, train=True)
+        base = setting.place(neox(shape, max_position), train=True)
         tokens = setting.tokens(sizes.swap_batch, sizes.swap_seq, shape.vocab)
         prompt = setting.tokens(sizes.swap_batch, sizes.prompt, shape.vocab)
-        for pe in list_pes() if key in sizes.swap_every_pe else ["rope"]:
-            model = swapped(base, pe).train()
-            base.train()
-            step = setting.measure({"unswapped": train_step(base, tokens), pe: train_step(model, tokens)})
-            base.eval()
-            model.eval()
-            generate = setting.measure(
-                {
-                    "unswapped": generation(base, prompt, sizes.new_tokens),
-                    pe: generation(model, prompt, sizes.new_tokens),
-                }
-            )
+        models = {"unswapped": base}
+        models.update(
+            (pe, swapped(base, pe)) for pe in (list_pes() if key in sizes.swap_every_pe else ["rope"])
+        )
+        step = setting.measure({name: train_step(model.train(), tokens) for name, model in models.items()})
+        generate = setting.measure(
+            {name: generation(model.eval(), prompt, sizes.new_tokens) for name, model in models.items()}
+        )
+        for pe in list(models)[1:]:
             ratios = [step.ratio(pe, "unswapped"), generate.ratio(pe, "unswapped")]
             table.add(
-                [("step", SWAP_TARGET, ratios[0]), ("generate", SWAP_TARGET, ratios[1])] if pe == "rope" else (),
+                [("step", SWAP_TARGET, ratios[0]), ("generate", SWAP_TARGET, ratios[1])]
+                if pe == "rope"
+                else (),
                 model=shape.name,
                 pe=pe,
                 unswapped_step_ms=1000 * step.median("unswapped"),
                 step_time_ratio=ratios[0],
                 generate_time_ratio=ratios[1],
             )
-            del model
+        del base, models
     table.notes.append(
         "The unswapped model runs transformers' own RoPE (Pythia's: partial rotary 0.25, parallel residual). "
         f"`rope` reproduces it exactly (target {SWAP_TARGET}); the other rows are each PE's cost on a "
@@ -237,10 +253,18 @@ def cached_generation(setting: Setting) -> Table:
         "generation",
         f"4. Cached generation: {sizes.new_tokens} new tokens after a {sizes.prompt}-token prompt "
         f"({_describe(sizes.shape)}), tokens/s ratio to native GPT-NeoX",
-        ["pe", "batch", "tokens_per_s", "native_tokens_per_s", "tokens_per_s_ratio_vs_native", "target", "met"],
+        [
+            "pe",
+            "batch",
+            "tokens_per_s",
+            "native_tokens_per_s",
+            "tokens_per_s_ratio_vs_native",
+            "target",
+            "met",
+        ],
     )
     max_position = sizes.prompt + sizes.new_tokens
-    native = prepare(neox(sizes.shape, max_position), setting.device, setting.dtype, train=False)
+    native = setting.place(neox(sizes.shape, max_position), train=False)
     models = {pe: setting.decoder(pe, max_position, train=False) for pe in list_pes()}
     for batch in sizes.gen_batches:
         prompt = setting.tokens(batch, sizes.prompt, sizes.shape.vocab)
@@ -290,19 +314,26 @@ def scaling(setting: Setting) -> Table:
     variants: dict[str, tuple[str, dict[str, object]]] = {pe: (pe, {}) for pe in SCALING_PES}
     variants["alibi (fixed slopes)"] = ("alibi", {"learnable_slopes": False})
     models = {
-        name: setting.decoder(pe, max_position, train=True, **options) for name, (pe, options) in variants.items()
+        name: setting.decoder(pe, max_position, train=True, **options)
+        for name, (pe, options) in variants.items()
     }
     previous: dict[str, float] = {}  # each model's median seconds at the previous length
     previous_seq = 0
     for seq in sizes.scaling_seqs:
         tokens = setting.tokens(batch, seq, shape.vocab)
-        result = setting.measure({name: train_step(model, tokens) for name, model in models.items()}, memory=True)
+        result = setting.measure(
+            {name: train_step(model, tokens) for name, model in models.items()}, memory=True
+        )
         one_bias = shape.heads * seq * seq * 4  # bytes of one float32 (heads, L, L) bias
         last = seq == sizes.scaling_seqs[-1]
         seconds = {name: result.median(name) for name in models}
         for name, model in models.items():
-            exponent = math.log(seconds[name] / previous[name]) / math.log(seq / previous_seq) if previous else None
-            checks = [("time exponent", TIME_EXPONENT_TARGET, exponent)] if last and exponent is not None else []
+            exponent = (
+                math.log(seconds[name] / previous[name]) / math.log(seq / previous_seq) if previous else None
+            )
+            checks = (
+                [("time exponent", TIME_EXPONENT_TARGET, exponent)] if last and exponent is not None else []
+            )
             context_bytes = copies = None
             if model.config.pe in ("alibi", "t5_relative", "fire"):
                 context_bytes = _pe_context_bytes(model, tokens, setting.device)
