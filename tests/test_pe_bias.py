@@ -283,3 +283,21 @@ def test_model_cached_decoding_equals_full_forward(name: str, options: dict) -> 
             output = model(tokens[:, index : index + 1], cache=output.cache)
             steps.append(output.logits)
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize(("q_len", "k_len"), [(1, 300), (4, 61), (48, 48)])
+def test_low_rank_position_bias_is_the_same_product_whichever_way_it_is_associated(q_len: int, k_len: int):
+    """Decoding (few queries, many keys) regroups the product; the value must not change."""
+    from mathpe.pe.bias import low_rank_position_bias
+
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(2, q_len, 32, generator=generator, dtype=torch.float64)
+    keys = torch.randn(2, k_len, 32, generator=generator, dtype=torch.float64)
+    query_weight = torch.randn(3, 32, 8, generator=generator, dtype=torch.float64)
+    key_weight = torch.randn(3, 32, 8, generator=generator, dtype=torch.float64)
+    expected = (
+        torch.einsum("bqd,hdr->bhqr", queries, query_weight)
+        @ torch.einsum("bkd,hdr->bhkr", keys, key_weight).transpose(-1, -2)
+        / 8**0.5
+    )
+    torch.testing.assert_close(low_rank_position_bias(queries, keys, query_weight, key_weight), expected)

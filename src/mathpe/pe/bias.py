@@ -154,10 +154,19 @@ def low_rank_position_bias(
 
     Returns:
         (batch, heads, q_len, k_len).
+
+    The product is associated whichever way costs fewer multiplications: ``(P_q W^Q)(P_k W^K)^T`` when
+    queries and keys are as many (training), ``((P_q W^Q) W^K^T) P_k^T`` when a few queries meet many keys
+    (cached decoding), which avoids projecting every past key at every step.
     """
+    q_len, dim = query_features.shape[-2:]
+    rank = query_weight.shape[-1]
     queries = torch.einsum("bqd,hdr->bhqr", query_features, query_weight)
+    if q_len * dim < rank * (dim + q_len):
+        query_in_key_space = torch.einsum("bhqr,hdr->bhqd", queries, key_weight)
+        return query_in_key_space @ key_features.unsqueeze(1).transpose(-1, -2) / math.sqrt(rank)
     keys = torch.einsum("bkd,hdr->bhkr", key_features, key_weight)
-    return queries @ keys.transpose(-1, -2) / math.sqrt(query_weight.shape[-1])
+    return queries @ keys.transpose(-1, -2) / math.sqrt(rank)
 
 
 class BiasEncoding(PositionalEncoding):
