@@ -25,6 +25,7 @@ lint: .venv/bin/mathpe
 	$(PY) -m ruff format --check src tests scripts
 
 bench: .venv/bin/mathpe
+	.venv/bin/pip install --quiet -e '.[dev,bench]'   # x-transformers, for its comparisons
 	.venv/bin/mathpe bench --quick
 
 verify: .venv/bin/mathpe

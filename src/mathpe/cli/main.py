@@ -224,7 +224,7 @@ def command_verify(args: argparse.Namespace) -> int:
 def command_bench(args: argparse.Namespace) -> int:
     from mathpe.bench import run_benchmarks
 
-    run_benchmarks(quick=args.quick, json_path=args.json)
+    run_benchmarks(quick=args.quick, json_path=args.json, threads=args.threads)
     return 0
 
 
@@ -267,6 +267,7 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     bench = commands.add_parser("bench", help="time each PE and compare with transformers / x-transformers")
     bench.add_argument("--quick", action="store_true", help="small sizes, under two minutes on 2 CPU cores")
     bench.add_argument("--json", default=None)
+    bench.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: see README)")
     bench.set_defaults(handler=command_bench)
     return parser
 
