@@ -92,6 +92,12 @@ def test_train_tiny_addition_writes_every_output(tmp_path):
     record = json.loads(lines[0])
     assert len(lines) == 12 and {"prompt", "completion", "reference", "exact_match"} <= set(record)
 
+    # `mathpe eval` re-evaluates the saved model: same greedy completions, new sample count.
+    (tmp_path / "predictions.jsonl").unlink()
+    assert main(["eval", str(tmp_path), "--eval_samples", "2"]) == 0
+    again = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert len(again) == 4 * 2 and json.loads(again[0])["completion"] == record["completion"]
+
 
 def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox, gsm8k_dir):
     """scripts/train_and_eval.py with the founding flags (fp16 needs CUDA, so fp32 here)."""
