@@ -38,16 +38,14 @@ from mathpe.pe.rotary import (
 
 
 def digit_pair_count(num_pairs: int, digit_fraction: float) -> int:
-    """How many of ``num_pairs`` rotary pairs carry digit places: ``int(num_pairs * digit_fraction)`` >= 1."""
+    """How many of ``num_pairs`` rotary pairs carry digit places: ``int(num_pairs * digit_fraction)``, at least 1.
+
+    At least one, so a model with few rotary dims (GPT-NeoX's partial rotary on small heads) still gets its
+    digit component.
+    """
     if not 0.0 < digit_fraction <= 1.0:
         raise ValueError(f"digit_fraction must be in (0, 1], got {digit_fraction!r}")
-    count = int(num_pairs * digit_fraction)
-    if count < 1:
-        raise ValueError(
-            f"digit_fraction={digit_fraction!r} of {num_pairs} rotary pairs gives no digit pair; use at least "
-            f"{1 / num_pairs:.3g}"
-        )
-    return count
+    return max(1, int(num_pairs * digit_fraction))
 
 
 def digit_place_angles(
