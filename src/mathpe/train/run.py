@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments, set_seed
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    TrainingArguments,
+    set_seed,
+)
 
 import mathpe
 from mathpe.data.collate import PaddingCollator, encode_example
@@ -198,6 +204,10 @@ def train(
         data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
         callbacks=[divergence, budget],
     )
+    if (
+        not progress
+    ):  # with the progress bar off, Trainer prints every log line instead; keep quiet runs quiet
+        trainer.remove_callback(PrinterCallback)
     resume_from = last_checkpoint(config.run_dir) if config.resume else None
     if config.resume and resume_from is None:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", config.run_dir)
