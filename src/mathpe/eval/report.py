@@ -43,9 +43,17 @@ def plot_accuracy_by_length(
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.2))
-    for label, curve in curves.items():
+    colours = plt.get_cmap("tab20").colors  # 20 distinct colours: one per PE, the zoo has 13
+    for index, (label, curve) in enumerate(curves.items()):
         lengths = sorted(curve)
-        axis.plot(lengths, [100 * curve[n] for n in lengths], marker="o", markersize=3, label=label)
+        axis.plot(
+            lengths,
+            [100 * curve[n] for n in lengths],
+            color=colours[2 * index % 20 + (2 * index // 20) % 2],
+            marker="osD^v<>"[index % 7],
+            markersize=3,
+            label=label,
+        )
     if train_max is not None:
         axis.axvline(train_max + 0.5, color="grey", linestyle="--", linewidth=1)
         axis.text(train_max + 0.6, 3, "longer than training", color="grey", fontsize=8)
