@@ -13,7 +13,6 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -98,21 +97,18 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
         return RunResult(run_dir, {}, train_stats)
     trained.save_pretrained(run_dir / "model")
     tokenizer.save_pretrained(run_dir / "model")
-    result = evaluate_and_report(config, trained, tokenizer, tasks, train_stats, progress=progress)
-    best = train_stats.get("best_checkpoint")
-    if config.select_best and best:
-        best_model = load_saved_model(best, config).to(trained.device)
-        result.best = {
-            "checkpoint": best,
+    best = None
+    if config.select_best and train_stats.get("best_checkpoint"):
+        best_model = load_saved_model(train_stats["best_checkpoint"], config).to(trained.device)
+        best = {
+            "checkpoint": train_stats["best_checkpoint"],
             "validation_loss": train_stats["best_validation_loss"],
             "datasets": {
                 task.name: evaluate_task(best_model, tokenizer, task, batch_size=config.eval_batch_size)[0]
                 for task in tasks
             },
         }
-        metrics_file = run_dir / "metrics.json"
-        write_json(metrics_file, {**json.loads(metrics_file.read_text()), "best_checkpoint": result.best})
-    return result
+    return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, best=best, progress=progress)
 
 
 def run_settings(
@@ -242,9 +238,13 @@ def evaluate_and_report(
     tasks: list[Task],
     train_stats: dict[str, Any],
     *,
+    best: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> RunResult:
-    """Evaluate every task by generation and write metrics, predictions, report and plot."""
+    """Evaluate every task by generation and write metrics, predictions, report and plot.
+
+    ``best``: the best checkpoint's evaluation (``--select_best``), stored beside the final model's.
+    """
     run_dir = config.run_dir
     metrics, predictions = {}, []
     started = time.monotonic()
@@ -255,9 +255,8 @@ def evaluate_and_report(
         metrics[task.name] = task_metrics
         predictions += task_predictions
     eval_seconds = round(time.monotonic() - started, 2)
-    write_json(
-        run_dir / "metrics.json", {"train": train_stats, "eval_seconds": eval_seconds, "datasets": metrics}
-    )
+    summary = {"train": train_stats, "eval_seconds": eval_seconds, "datasets": metrics}
+    write_json(run_dir / "metrics.json", summary if best is None else {**summary, "best_checkpoint": best})
     write_predictions(run_dir / "predictions.jsonl", predictions)
     settings = {
         "pe": config.pe,
@@ -274,4 +273,4 @@ def evaluate_and_report(
             title=f"{config.pe} on {config.model_size}",
             train_max=config.arithmetic.train_digits[1],
         )
-    return RunResult(run_dir, metrics, {**train_stats, "eval_seconds": eval_seconds})
+    return RunResult(run_dir, metrics, {**train_stats, "eval_seconds": eval_seconds}, best)
