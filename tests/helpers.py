@@ -22,3 +22,16 @@ def perturb_parameters(module: torch.nn.Module, scale: float = 0.2) -> None:
     """Add noise to every parameter so zero-initialised PE parts (gates, MLPs, bias tables) are not trivial."""
     for parameter in module.parameters():
         parameter.add_(scale * torch.randn_like(parameter))
+
+
+@torch.no_grad()
+def step_by_step_logits(model: torch.nn.Module, input_ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """Logits of ``input_ids`` (batch, seq) computed as cached decoding would: the first ``prefix`` tokens in
+    one forward, then one token per forward with the cache. Returns (batch, seq, vocab)."""
+    out = model(input_ids[:, :prefix], use_cache=True)
+    steps, cache = [out.logits], out.cache
+    for t in range(prefix, input_ids.shape[1]):
+        out = model(input_ids[:, t : t + 1], cache=cache, use_cache=True)
+        steps.append(out.logits)
+        cache = out.cache
+    return torch.cat(steps, 1)

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from conftest import DEVICES
-from helpers import DIGIT_IDS, default_pe_options, perturb_parameters
+from helpers import DIGIT_IDS, default_pe_options, perturb_parameters, step_by_step_logits
 from mathpe.model import MathPEConfig, MathPEForCausalLM, preset_config
 from mathpe.pe import list_pes
 
@@ -69,13 +69,7 @@ def test_full_sequence_logits_equal_step_by_step_cached_logits(pe: str):
     model = make_model(pe)
     ids = prompt(20, seed=2)
     full = model(ids, use_cache=False).logits
-    out = model(ids[:, :5], use_cache=True)
-    steps, cache = [out.logits], out.cache
-    for t in range(5, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
-        steps.append(out.logits)
-        cache = out.cache
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step_by_step_logits(model, ids, prefix=5), full, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("pe", ALL_PES)

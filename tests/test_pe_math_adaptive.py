@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from helpers import perturb_parameters
+from helpers import perturb_parameters, step_by_step_logits
 from mathpe.attention import positions_from_mask
 from mathpe.model import MathPEConfig, MathPEForCausalLM, preset_config
 from mathpe.pe import build_pe
@@ -305,13 +305,7 @@ def test_full_sequence_logits_equal_step_by_step_cached_logits():
     model = make_model()
     ids = prompt(20, seed=2)
     full = model(ids, use_cache=False).logits
-    out = model(ids[:, :3], use_cache=True)
-    steps, cache = [out.logits], out.cache
-    for t in range(3, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
-        steps.append(out.logits)
-        cache = out.cache
-    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step_by_step_logits(model, ids, prefix=3), full, atol=1e-4, rtol=1e-4)
     plain = copy.deepcopy(model)  # the same model with RoPE steps (frequency_scale kept)
     for name in ("gate_weight", "gate_bias", "modulation_weight", "modulation_bias"):
         getattr(plain.model.pe, name).zero_()

@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding, apply_rotary_pos_emb
 
 from conftest import DEVICES
-from helpers import DIGIT_IDS, perturb_parameters
+from helpers import DIGIT_IDS, perturb_parameters, step_by_step_logits
 from mathpe.model import MathPEForCausalLM, preset_config
 from mathpe.pe import build_pe
 from mathpe.pe.long_rope import (
@@ -233,9 +233,9 @@ def test_long_rope_dynamic_is_cache_exact_within_the_original_length_only():
     )
     model = MathPEForCausalLM(config).eval()
     ids = torch.randint(1, VOCAB, (1, 24))
-    full_short, steps_short = model(ids[:, :16]).logits, stepwise_logits(model, ids[:, :16], 4)
+    full_short, steps_short = model(ids[:, :16]).logits, step_by_step_logits(model, ids[:, :16], 4)
     torch.testing.assert_close(steps_short, full_short, atol=1e-4, rtol=1e-4)
-    full_long, steps_long = model(ids).logits, stepwise_logits(model, ids, 4)
+    full_long, steps_long = model(ids).logits, step_by_step_logits(model, ids, 4)
     assert (steps_long[:, 16:] - full_long[:, 16:]).abs().max() > 1e-3
 
 
@@ -365,17 +365,6 @@ def test_math_rope_bad_options():
 # --------------------------------------------------------------------------- through the model, cached
 
 
-def stepwise_logits(model, ids: torch.Tensor, prefix: int) -> torch.Tensor:
-    """Logits of ``ids`` from a prefix forward then one cached step per token."""
-    out = model(ids[:, :prefix], use_cache=True)
-    steps, cache = [out.logits], out.cache
-    for t in range(prefix, ids.shape[1]):
-        out = model(ids[:, t : t + 1], cache=cache, use_cache=True)
-        steps.append(out.logits)
-        cache = out.cache
-    return torch.cat(steps, 1)
-
-
 def tiny_model(pe: str) -> MathPEForCausalLM:
     torch.manual_seed(0)
     options = {"digit_token_ids": DIGIT_IDS} if pe == "math_rope" else {}
@@ -397,7 +386,7 @@ def test_full_sequence_equals_step_by_step_cached_decoding(pe: str):
     model = tiny_model(pe)
     ids = digit_heavy_ids(20, seed=1)
     full = model(ids, use_cache=False).logits
-    torch.testing.assert_close(stepwise_logits(model, ids, prefix=3), full, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(step_by_step_logits(model, ids, prefix=3), full, atol=1e-4, rtol=1e-4)
     # Not trivially RoPE: the perturbed PE changes the logits.
     rope = MathPEForCausalLM(preset_config("tiny", pe="rope", vocab_size=VOCAB, num_layers=2)).eval()
     rope.load_state_dict(model.state_dict(), strict=False)
