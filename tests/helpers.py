@@ -35,3 +35,13 @@ def step_by_step_logits(model: torch.nn.Module, input_ids: torch.Tensor, prefix:
         steps.append(out.logits)
         cache = out.cache
     return torch.cat(steps, 1)
+
+
+def left_pad(rows: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (1, length_i) id rows into a left-padded (batch, width) batch and its 0/1 attention mask."""
+    width = max(row.shape[1] for row in rows)
+    batch = torch.full((len(rows), width), pad_id)
+    mask = torch.zeros_like(batch)
+    for index, row in enumerate(rows):
+        batch[index, width - row.shape[1] :], mask[index, width - row.shape[1] :] = row[0], 1
+    return batch, mask

@@ -8,7 +8,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
 from conftest import DEVICES
-from helpers import DIGIT_IDS, default_pe_options, perturb_parameters, step_by_step_logits
+from helpers import DIGIT_IDS, default_pe_options, left_pad, perturb_parameters, step_by_step_logits
 from mathpe.model import MathPEConfig, MathPEForCausalLM, preset_config
 from mathpe.pe import list_pes
 
@@ -76,12 +76,8 @@ def test_full_sequence_logits_equal_step_by_step_cached_logits(pe: str):
 def test_left_padded_batch_generates_what_each_prompt_generates_alone(pe: str):
     model = make_model(pe)
     prompts = [prompt(length, seed=10 + length) for length in (4, 11, 7)]
-    width = max(p.shape[1] for p in prompts)
-    batch = torch.full((len(prompts), width), PAD)
-    mask = torch.zeros_like(batch)
-    for row, p in enumerate(prompts):
-        batch[row, width - p.shape[1] :] = p[0]
-        mask[row, width - p.shape[1] :] = 1
+    batch, mask = left_pad(prompts, PAD)
+    width = batch.shape[1]
     batched = greedy(model, batch, mask)
     for row, p in enumerate(prompts):
         alone = greedy(model, p)

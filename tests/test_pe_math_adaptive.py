@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from helpers import perturb_parameters, step_by_step_logits
+from helpers import left_pad, perturb_parameters, step_by_step_logits
 from mathpe.attention import positions_from_mask
 from mathpe.model import MathPEConfig, MathPEForCausalLM, preset_config
 from mathpe.pe import build_pe
@@ -316,11 +316,8 @@ def test_full_sequence_logits_equal_step_by_step_cached_logits():
 def test_left_padded_batch_equals_each_row_alone_and_generates_the_same():
     model = make_model()
     prompts = [prompt(length, seed=10 + length) for length in (4, 11, 7)]
-    width = max(p.shape[1] for p in prompts)
-    batch = torch.full((len(prompts), width), PAD)
-    mask = torch.zeros_like(batch)
-    for row, p in enumerate(prompts):
-        batch[row, width - p.shape[1] :], mask[row, width - p.shape[1] :] = p[0], 1
+    batch, mask = left_pad(prompts, PAD)
+    width = batch.shape[1]
     logits = model(batch, attention_mask=mask).logits
     for row, p in enumerate(prompts):
         torch.testing.assert_close(

@@ -13,7 +13,7 @@ from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbedding, apply_rotary_pos_emb
 
 from conftest import DEVICES
-from helpers import DIGIT_IDS, perturb_parameters, step_by_step_logits
+from helpers import DIGIT_IDS, left_pad, perturb_parameters, step_by_step_logits
 from mathpe.model import MathPEForCausalLM, preset_config
 from mathpe.pe import build_pe
 from mathpe.pe.long_rope import (
@@ -398,11 +398,8 @@ def test_full_sequence_equals_step_by_step_cached_decoding(pe: str):
 def test_left_padded_batch_equals_each_row_alone(pe: str):
     model = tiny_model(pe)
     rows = [digit_heavy_ids(length, seed=length) for length in (5, 12, 9)]
-    width = max(row.shape[1] for row in rows)
-    batch = torch.full((len(rows), width), PAD)
-    mask = torch.zeros_like(batch)
-    for index, row in enumerate(rows):
-        batch[index, width - row.shape[1] :], mask[index, width - row.shape[1] :] = row[0], 1
+    batch, mask = left_pad(rows, PAD)
+    width = batch.shape[1]
     batched = model(batch, attention_mask=mask).logits
     for index, row in enumerate(rows):
         torch.testing.assert_close(
