@@ -16,8 +16,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import ByT5Tokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from mathpe.cli.main import main
+from mathpe.cli.main import build_parser, main, run_config_from
 from mathpe.data import FIXTURES_DIR
+from mathpe.eval.tasks import build_task
+from mathpe.train.compare import COMPARE_PRESETS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -132,6 +134,8 @@ def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox
         (["--pe", "rope", "--max_length", "100000"], "--max_length 100000 is beyond what the model supports"),
         (["--pe_options", "{bad json"], "--pe_options is not valid JSON"),
         (["--pe", "alibi", "--pe_options", '{"base": 3}'], "unknown option(s) ['base'] for PE 'alibi'"),
+        (["--warmup_steps", "-1"], "--warmup_steps must be >= 0, got -1"),
+        (["--second_digits", "0-1"], "--second_digits 0-1 must satisfy 1 <= min <= max"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_status_2(arguments, message, tmp_path, capsys):
@@ -243,3 +247,21 @@ def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
     assert code == 0 and not (tmp_path / "rope-seed0" / "model").exists()
     again = json.loads((tmp_path / "comparison.json").read_text())["pes"]["rope"]["addition"]
     assert again["per_seed"] == rope["per_seed"][:1]
+
+
+@pytest.mark.parametrize("preset", sorted(COMPARE_PRESETS))
+def test_every_compare_preset_builds_valid_runs(preset):
+    """A preset's settings parse and validate for each of its PEs; its tasks build (small samples)."""
+    arguments = COMPARE_PRESETS[preset].arguments
+    args = build_parser(arguments).parse_args(["compare", "--preset", preset])
+    for pe in COMPARE_PRESETS[preset].pes:
+        config = run_config_from(args, pe)
+        assert config.pe == pe and config.max_steps == arguments["max_steps"]
+    task = build_task(
+        config.datasets[0], seed=0, train_samples=200, eval_samples=5, arithmetic=config.arithmetic
+    )
+    lengths = [item.group for item in task.eval_items]
+    assert sorted(set(lengths)) == sorted(arguments["eval_lengths"])
+    if preset == "multiplication-length":  # n-digit x 1-digit, n up to 24 in evaluation
+        assert all(len(prompt.split("*")[1]) == 2 for prompt, _ in task.train_pairs)  # one digit and "="
+        assert max(len(item.prompt.split("*")[0]) for item in task.eval_items) == 24

@@ -72,6 +72,20 @@ def test_length_eval_sets_hold_operands_of_exactly_that_length() -> None:
         assert all(e.a >= e.b for e in examples)
 
 
+def test_second_operand_can_have_its_own_digit_range() -> None:
+    # n-digit x 1-digit multiplication: the first operand sets the example's length, the second stays short.
+    task = ArithmeticTask("mul", 1, 8, second_digits=(1, 1), reverse_operands=True)
+    train = generate_examples(task, 2000, seed=0)
+    assert {len(str(e.b)) for e in train} == {1}
+    assert {len(str(e.a)) for e in train} == set(range(1, 9))
+    assert all(e.operand_digits == len(str(e.a)) for e in train)
+    sets = length_eval_sets(task, lengths=[1, 12, 20], n_per_length=30, seed=0)
+    for length, examples in sets.items():
+        assert all(len(str(e.a)) == e.operand_digits == length and e.b < 10 for e in examples)
+        assert all(decode_answer(e.answer, "reversed") == e.a * e.b for e in examples)
+    assert len({e.b for e in sets[20]}) > 3  # the second operand is drawn, not fixed
+
+
 def test_train_split_never_contains_an_eval_problem() -> None:
     # One- and two-digit addition has only 10,000 problems, so collisions would be certain without exclusion.
     task = ArithmeticTask("add", min_digits=1, max_digits=2)
@@ -100,6 +114,7 @@ def test_exhausted_problem_space_is_a_clear_error() -> None:
         ({"op": "add", "fmt": "backwards"}, "fmt='backwards' is not one of"),
         ({"op": "add", "min_digits": 0}, "must satisfy 1 <= min_digits <= max_digits"),
         ({"op": "add", "min_digits": 5, "max_digits": 4}, "must satisfy 1 <= min_digits <= max_digits"),
+        ({"op": "mul", "second_digits": (0, 1)}, r"second_digits=\(0, 1\) must satisfy"),
     ],
 )
 def test_invalid_tasks_are_rejected(kwargs: dict, message: str) -> None:

@@ -27,9 +27,10 @@ def comma_list(text: str) -> tuple[str, ...]:
 
 
 def digit_range(text: str) -> tuple[int, int]:
-    """``"1-8"`` -> (1, 8)."""
+    """``"1-8"`` -> (1, 8); ``"1"`` -> (1, 1)."""
+    low, _, high = text.partition("-")
     try:
-        low, high = (int(part) for part in text.split("-"))
+        low, high = int(low), int(high or low)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a digit range like 1-8, got {text!r}") from None
     return low, high
@@ -90,6 +91,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--train_digits", type=digit_range, default=(1, 8), help="arithmetic operand digits, e.g. 1-8"
     )
     data.add_argument(
+        "--second_digits",
+        type=digit_range,
+        default=None,
+        help="the second operand's digits when they differ from --train_digits, e.g. 1 (n-digit x 1-digit)",
+    )
+    data.add_argument(
         "--eval_lengths",
         type=int_list,
         default=tuple(range(1, 17)),
@@ -105,6 +112,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--epochs", type=float, default=1.0)
     training.add_argument(
         "--learning_rate", type=float, default=None, help="default 1e-3 from scratch, 2e-4 pretrained"
+    )
+    training.add_argument(
+        "--warmup_steps", type=int, default=50, help="linear warm-up steps (at most a tenth of --max_steps)"
     )
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--time_budget", type=float, default=None, help="seconds of training per run")
@@ -153,6 +163,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         epochs=args.epochs,
         learning_rate=args.learning_rate,
         seed=args.seed,
+        warmup_steps=args.warmup_steps,
         train_samples=args.train_samples,
         eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size,
@@ -166,6 +177,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         select_best=args.select_best,
         arithmetic=ArithmeticSettings(
             train_digits=args.train_digits,
+            second_digits=args.second_digits,
             eval_lengths=args.eval_lengths,
             fmt="plain" if args.format == "plain" else "reversed",
             reverse_operands=args.format == "reversed",

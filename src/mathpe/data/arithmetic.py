@@ -7,10 +7,12 @@ so the training loss can be masked to the answer; the EOS token is appended at t
 Sampling follows the length-generalisation literature (Lee et al. 2023; McLeish et al. 2024): each
 operand's digit count is uniform over ``[min_digits, max_digits]``, then the operand is uniform among the
 numbers with that many digits (``0``-``9`` for one digit). The digit length of an example is the larger
-operand's digit count. Subtraction keeps ``a >= b`` so results are non-negative.
+operand's digit count. Subtraction keeps ``a >= b`` so results are non-negative. A task may give the
+second operand a digit range of its own (``second_digits=(1, 1)``: an n-digit number times one digit).
 
-Evaluation sets are built per operand length (both operands exactly that long) and generated before the
-training set, which excludes every ``(a, op, b)`` they hold: a train split never contains a test problem.
+Evaluation sets are built per operand length (both operands exactly that long, or the first that long and
+the second drawn from ``second_digits``) and generated before the training set, which excludes every
+``(a, op, b)`` they hold: a train split never contains a test problem.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ class ArithmeticTask:
     ``fmt="reversed"`` writes the answer least significant digit first (Lee et al. 2023);
     ``reverse_operands`` reverses the operands too; ``zero_pad`` pads both operands to the longer one's
     length and the answer to the longest result that length allows (n+1 digits for ``add``, n for ``sub``,
-    2n for ``mul``), so digits of equal significance line up.
+    2n for ``mul``), so digits of equal significance line up. ``second_digits`` is the second operand's
+    digit range when it differs from the first's (None: the same range).
     """
 
     op: Operation
@@ -45,6 +48,7 @@ class ArithmeticTask:
     fmt: AnswerFormat = "reversed"
     zero_pad: bool = False
     reverse_operands: bool = False
+    second_digits: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.op not in OPERATION_SYMBOLS:
@@ -55,10 +59,17 @@ class ArithmeticTask:
             raise ValueError(
                 f"digit range [{self.min_digits}, {self.max_digits}] must satisfy 1 <= min_digits <= max_digits"
             )
+        if self.second_digits is not None and not 1 <= self.second_digits[0] <= self.second_digits[1]:
+            raise ValueError(f"second_digits={self.second_digits} must satisfy 1 <= min <= max")
 
     @property
     def symbol(self) -> str:
         return OPERATION_SYMBOLS[self.op]
+
+    def second_lengths(self) -> range:
+        """Digit counts the second operand may take in training."""
+        low, high = self.second_digits or (self.min_digits, self.max_digits)
+        return range(low, high + 1)
 
 
 @dataclass(frozen=True)
@@ -145,9 +156,9 @@ def generate_examples(
     """
     _check_count(n)
     rng = random.Random(f"{seed}:{task.op}:train")
-    lengths = range(task.min_digits, task.max_digits + 1)
+    lengths, second_lengths = range(task.min_digits, task.max_digits + 1), task.second_lengths()
     return [
-        _draw_example(task, rng, lambda: (rng.choice(lengths), rng.choice(lengths)), exclude)
+        _draw_example(task, rng, lambda rng: (rng.choice(lengths), rng.choice(second_lengths)), exclude)
         for _ in range(n)
     ]
 
@@ -155,7 +166,11 @@ def generate_examples(
 def length_eval_sets(
     task: ArithmeticTask, lengths: Iterable[int] = range(1, 17), n_per_length: int = 100, seed: int = 0
 ) -> dict[int, list[Example]]:
-    """For each length, ``n_per_length`` examples whose two operands both have exactly that many digits."""
+    """For each length, ``n_per_length`` examples whose two operands both have exactly that many digits.
+
+    With the task's ``second_digits``, only the first operand has that length; the second's is drawn from
+    its range.
+    """
     _check_count(n_per_length)
     sets = {}
     for length in lengths:
@@ -163,7 +178,7 @@ def length_eval_sets(
             raise ValueError(f"operand length {length} must be >= 1")
         rng = random.Random(f"{seed}:{task.op}:eval:{length}")
         sets[length] = [
-            _draw_example(task, rng, lambda length=length: (length, length), frozenset())
+            _draw_example(task, rng, lambda rng, length=length: (length, _second_length(task, rng, length)))
             for _ in range(n_per_length)
         ]
     return sets
@@ -186,11 +201,11 @@ def build_splits(
 def _draw_example(
     task: ArithmeticTask,
     rng: random.Random,
-    draw_lengths: Callable[[], tuple[int, int]],
-    exclude: Collection[ProblemKey],
+    draw_lengths: Callable[[random.Random], tuple[int, int]],
+    exclude: Collection[ProblemKey] = frozenset(),
 ) -> Example:
     for _ in range(MAX_REJECTIONS):
-        a, b = (_uniform_with_digits(rng, length) for length in draw_lengths())
+        a, b = (_uniform_with_digits(rng, length) for length in draw_lengths(rng))
         if task.op == "sub" and a < b:
             a, b = b, a
         if (a, task.symbol, b) not in exclude:
@@ -199,6 +214,11 @@ def _draw_example(
         f"no {task.op} problem with {task.min_digits}-{task.max_digits} digits left after excluding "
         f"{len(exclude)} held-out problems ({MAX_REJECTIONS} draws rejected)"
     )
+
+
+def _second_length(task: ArithmeticTask, rng: random.Random, first_length: int) -> int:
+    """An evaluation problem's second operand length: the first's, or a draw from ``second_digits``."""
+    return first_length if task.second_digits is None else rng.choice(task.second_lengths())
 
 
 def _uniform_with_digits(rng: random.Random, digits: int) -> int:

@@ -73,10 +73,13 @@ class ArithmeticSettings:
 
     ``fmt="reversed"`` writes every number least significant digit first, operands included (McLeish et al.
     2024), so digits of equal place value sit at equal offsets in their numbers; ``reverse_operands=False``
-    reverses the answer only (Lee et al. 2023).
+    reverses the answer only (Lee et al. 2023). ``second_digits`` gives the second operand a digit range of
+    its own (``(1, 1)``: n-digit times one digit); the operand length of an evaluation set is then the
+    first operand's.
     """
 
     train_digits: tuple[int, int] = (1, 8)
+    second_digits: tuple[int, int] | None = None
     eval_lengths: tuple[int, ...] = tuple(range(1, 17))
     fmt: str = "reversed"
     reverse_operands: bool = True
@@ -137,6 +140,7 @@ def _arithmetic_task(
         fmt=settings.fmt,
         zero_pad=settings.zero_pad,
         reverse_operands=settings.reverse_operands and settings.fmt == "reversed",
+        second_digits=settings.second_digits,
     )
     per_length = settings.eval_per_length if eval_samples is None else eval_samples
     # The validation pairs are drawn after the training pairs from the same generator (so the training set

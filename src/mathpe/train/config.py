@@ -108,6 +108,8 @@ class RunConfig:
             raise ConfigError(f"--epochs must be positive, got {self.epochs}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"--time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.fp16 and self.bf16:
@@ -126,6 +128,10 @@ class RunConfig:
         low, high = self.arithmetic.train_digits
         if not 1 <= low <= high:
             raise ConfigError(f"train digits {low}-{high} must satisfy 1 <= min <= max")
+        if self.arithmetic.second_digits is not None:
+            low, high = self.arithmetic.second_digits
+            if not 1 <= low <= high:
+                raise ConfigError(f"--second_digits {low}-{high} must satisfy 1 <= min <= max")
         return self
 
     def check_max_length(self, context_length: int) -> None:
