@@ -131,7 +131,7 @@ def _run_one(config: RunConfig) -> dict[str, Any]:
     if config.resume and metrics_file.is_file():
         finished = json.loads(metrics_file.read_text())
         return {"pe": config.pe, "seed": config.seed, "metrics": finished["datasets"], "train": finished["train"],
-                "best": finished.get("best_checkpoint")}  # fmt: skip
+                "best": finished.get("best_checkpoint"), "read_back": True}  # fmt: skip
     try:
         result = run_experiment(config, progress=False)
     except Exception as error:  # a PE that fails must not hide the others' results
@@ -196,9 +196,12 @@ def write_comparison(
     header += ["steps", "train s"]
     table = markdown_table(header, [_table_row(pe, rows[pe], datasets, select_best) for pe in by_pe])
     seeds = sorted({s["seed"] for s in summaries})
+    read_back = sum(bool(s.get("read_back")) for s in summaries)
     note = (
         f"\n{len(summaries)} runs ({len(by_pe)} PEs x {len(seeds)} seeds), {jobs} parallel jobs, "
-        f"wall time {wall_seconds:.0f} s. Means over seeds; 'best seed' is the best seed's overall score"
+        f"wall time {wall_seconds:.0f} s"
+        + (f" ({read_back} runs read back from earlier, not timed)" if read_back else "")
+        + ". Means over seeds; 'best seed' is the best seed's overall score"
         + (
             "; 'best ckpt' is the checkpoint with the lowest in-distribution validation loss"
             if select_best
@@ -206,7 +209,8 @@ def write_comparison(
         )
         + ".\n"
     )
-    write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}")
+    length_tables = "".join(_length_table(rows, dataset) for dataset in datasets)
+    write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}{length_tables}")
     write_json(
         output_dir / "comparison.json",
         {
@@ -251,6 +255,23 @@ def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
             int(group): max(m["by_group"][headline][group] for m in metrics) for group in groups
         }
     return stats
+
+
+def _length_table(rows: dict[str, dict[str, Any]], dataset: str) -> str:
+    """Markdown: the mean over seeds per evaluation length, a row per PE ("" for non-arithmetic datasets)."""
+    curves = {
+        pe: row[dataset]["by_length_mean"]
+        for pe, row in rows.items()
+        if row.get(dataset, {}).get("by_length_mean")
+    }
+    if not curves:
+        return ""
+    lengths = sorted({length for curve in curves.values() for length in curve})
+    table = markdown_table(
+        ["PE", *map(str, lengths)],
+        [[pe, *(percent(curve.get(length)) for length in lengths)] for pe, curve in curves.items()],
+    )
+    return f"\n## {dataset}: exact match (%) by operand length, mean over seeds\n\n{table}"
 
 
 def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...], select_best: bool) -> list[str]:
