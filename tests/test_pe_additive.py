@@ -106,15 +106,14 @@ def test_abacus_digits_get_their_place_in_the_number() -> None:
     assert torch.equal(extra["digit_runs"], expected)
     assert torch.equal(extra["digit_offset"], torch.zeros(3, 24, dtype=torch.long))
     embedding = pe.embed(torch.arange(24).expand(3, 24), ids, **extra)
-    rows = pe.table.weight[expected] * (expected > 0).unsqueeze(-1)
-    torch.testing.assert_close(embedding, rows)
-    assert (embedding[expected == 0] == 0).all()
+    torch.testing.assert_close(embedding, pe.table.weight[expected])
+    assert (embedding[expected == 0] == pe.table.weight[0]).all()  # non-digits: place 0
 
 
-def test_abacus_indices_add_the_offset_to_digits_only() -> None:
+def test_abacus_indices_shift_every_token_by_its_sequence_offset() -> None:
     runs = torch.tensor([[0, 1, 2, 0, 1], [1, 0, 0, 1, 2]])
     offset = torch.tensor([[10], [0]]).expand(2, 5)
-    assert abacus_indices(runs, offset).tolist() == [[0, 11, 12, 0, 11], [1, 0, 0, 1, 2]]
+    assert abacus_indices(runs, offset).tolist() == [[10, 11, 12, 10, 11], [1, 0, 0, 1, 2]]
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -155,7 +154,7 @@ def test_abacus_random_offset_only_in_training_and_constant_per_sequence() -> No
     index = abacus_indices(extra["digit_runs"], offset)
     digits = extra["digit_runs"] > 0
     assert torch.equal(index[digits], (extra["digit_runs"] + offset)[digits])
-    assert (index[~digits] == 0).all()
+    assert torch.equal(index[~digits], offset[~digits])  # non-digits carry the offset too (place 0)
     extra, _ = prepare(pe.eval(), ids)
     assert (extra["digit_offset"] == 0).all()
 
@@ -180,13 +179,14 @@ def test_abacus_long_number_raises() -> None:
         pe.embed(torch.arange(7).view(1, -1), **prepare(pe, too_long)[0])
 
 
-def test_abacus_without_digits_adds_nothing() -> None:
-    pe = build("abacus")
+def test_abacus_without_digits_gives_every_token_place_zero() -> None:
+    pe = build("abacus").eval()
     ids = tokens(4)
     positions = torch.arange(ids.shape[1]).expand_as(ids)
     extra, _ = prepare(pe, ids)
-    assert (pe.embed(positions, ids, **extra) == 0).all()
-    assert (pe.embed(positions) == 0).all()
+    place_zero = pe.table.weight[0].expand(*ids.shape, -1)
+    assert torch.equal(pe.embed(positions, ids, **extra), place_zero)
+    assert torch.equal(pe.embed(positions), place_zero)
 
 
 def test_abacus_padding_is_not_a_digit() -> None:
