@@ -186,6 +186,8 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
 
 
 def command_train(args: argparse.Namespace) -> int:
+    import torch.distributed
+
     from mathpe.eval.report import percent
     from mathpe.train.run import run_experiment
 
@@ -201,6 +203,11 @@ def command_train(args: argparse.Namespace) -> int:
         print(line)
     if result.metrics:
         print(f"outputs: {result.run_dir}")
+    # Under torchrun the Trainer leaves its process group open; gloo's worker threads then abort the
+    # interpreter at exit now and then ("terminate called without an active exception"), so close it on
+    # success (only then: on failure another rank may still be in a collective).
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
