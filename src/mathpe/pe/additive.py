@@ -103,7 +103,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
     reference code (github.com/mcleish7/arithmetic, ``abacus.py``):
 
     - Random offset (the paper's k): in training mode each sequence draws one offset in
-      [0, max_offset] added to the indices of all its digits, so the whole table gets trained and longer
+      [0, max_offset] added to the indices of all its tokens, so the whole table gets trained and longer
       numbers than seen in training still find trained rows. The reference draws one offset per batch; one
       per sequence gives more variety at no cost. The offset is drawn in ``prepare`` and carried in the
       cached-decoding state, so it is constant within a sequence. In eval mode the offset is 0, so
