@@ -200,9 +200,8 @@ def train(
         data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
         callbacks=[divergence, budget],
     )
-    if (
-        not progress
-    ):  # with the progress bar off, Trainer prints every log line instead; keep quiet runs quiet
+    # With the progress bar off, Trainer prints every log line instead; keep quiet runs quiet.
+    if not progress:
         trainer.remove_callback(PrinterCallback)
     resume_from = last_checkpoint(config.run_dir) if config.resume else None
     if config.resume and resume_from is None:
