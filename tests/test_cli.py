@@ -136,6 +136,11 @@ def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox
         (["--pe", "alibi", "--pe_options", '{"base": 3}'], "unknown option(s) ['base'] for PE 'alibi'"),
         (["--warmup_steps", "-1"], "--warmup_steps must be >= 0, got -1"),
         (["--second_digits", "0-1"], "--second_digits 0-1 must satisfy 1 <= min <= max"),
+        (["--curriculum_steps", "-2"], "--curriculum_steps must be >= 0 (0: no curriculum), got -2"),
+        (
+            ["--datasets", "gsm8k", "--curriculum_steps", "100"],
+            "--curriculum_steps 100 needs arithmetic datasets only",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_status_2(arguments, message, tmp_path, capsys):

@@ -116,6 +116,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--warmup_steps", type=int, default=50, help="linear warm-up steps (at most a tenth of --max_steps)"
     )
+    training.add_argument(
+        "--curriculum_steps",
+        type=int,
+        default=0,
+        help="arithmetic: admit operand lengths one by one over this many steps, shortest first (0: off)",
+    )
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--time_budget", type=float, default=None, help="seconds of training per run")
     training.add_argument("--save_steps", type=int, default=200)
@@ -164,6 +170,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         learning_rate=args.learning_rate,
         seed=args.seed,
         warmup_steps=args.warmup_steps,
+        curriculum_steps=args.curriculum_steps,
         train_samples=args.train_samples,
         eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size,

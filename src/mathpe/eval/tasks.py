@@ -54,6 +54,8 @@ class Task:
         stop: strings that end a completion (besides EOS).
         train_groups: groups seen in training (in-distribution), for arithmetic length splits.
         validation_pairs: held-out pairs from the training distribution, for choosing the best checkpoint.
+        train_levels: each training pair's difficulty for a length curriculum (arithmetic: its operand
+            digits); empty for tasks without one.
     """
 
     name: str
@@ -65,6 +67,7 @@ class Task:
     stop: tuple[str, ...] = ()
     train_groups: frozenset[int | str] = field(default_factory=frozenset)
     validation_pairs: list[tuple[str, str]] = field(default_factory=list)
+    train_levels: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,7 @@ def _arithmetic_task(
         max_new_tokens=longest_answer + 2,
         train_groups=frozenset(range(low, high + 1)),
         validation_pairs=[(example.prompt, example.answer) for example in validation],
+        train_levels=[example.operand_digits for example in train],
     )
 
 

@@ -42,6 +42,7 @@ class RunConfig:
     epochs: float = 1.0
     learning_rate: float | None = None
     warmup_steps: int = 50
+    curriculum_steps: int = 0
     seed: int = 0
     train_samples: int = 20_000
     eval_samples: int | None = None
@@ -110,6 +111,15 @@ class RunConfig:
             raise ConfigError(f"--learning_rate must be positive, got {self.learning_rate}")
         if self.warmup_steps < 0:
             raise ConfigError(f"--warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.curriculum_steps < 0:
+            raise ConfigError(
+                f"--curriculum_steps must be >= 0 (0: no curriculum), got {self.curriculum_steps}"
+            )
+        if self.curriculum_steps and not self.arithmetic_only:
+            raise ConfigError(
+                f"--curriculum_steps {self.curriculum_steps} needs arithmetic datasets only (the curriculum "
+                f"orders problems by operand digits); got {', '.join(self.datasets)}"
+            )
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"--time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.fp16 and self.bf16:

@@ -199,6 +199,8 @@ def train(
         eval_dataset=validation if config.select_best else None,
         data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
         callbacks=[divergence, budget],
+        train_levels=[level for task in tasks for level in task.train_levels],
+        curriculum_steps=config.curriculum_steps,
     )
     # With the progress bar off, Trainer prints every log line instead; keep quiet runs quiet.
     if not progress:

@@ -7,7 +7,8 @@ and data position). What it lacks, and this module adds:
   mid-save never leaves a half-written ``checkpoint-N`` for ``--resume`` to pick up;
 - the PE's own parameters saved with LoRA checkpoints (PEFT saves adapters only);
 - a stop with a clear message when the loss turns NaN/inf, keeping the last good checkpoint;
-- a wall-clock budget per run (``--time_budget``).
+- a wall-clock budget per run (``--time_budget``);
+- an optional length curriculum as the training sampler (``--curriculum_steps``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mathpe.pe import PositionalEncoding
+from mathpe.train.curriculum import LengthCurriculumSampler
 
 STAGING_DIR = ".staging"
 PE_STATE_FILE = "mathpe_pe.safetensors"
@@ -36,7 +39,34 @@ class TrainingDivergedError(RuntimeError):
 
 
 class MathPETrainer(Trainer):
-    """``Trainer`` with atomic checkpoints and the PE's parameters saved beside PEFT adapters."""
+    """``Trainer`` with atomic checkpoints, the PE's parameters saved beside PEFT adapters and a curriculum.
+
+    ``train_levels`` (one difficulty per training example) with ``curriculum_steps`` > 0 replaces the random
+    training order by a ``LengthCurriculumSampler``.
+    """
+
+    def __init__(
+        self, *args: Any, train_levels: Sequence[int] = (), curriculum_steps: int = 0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if curriculum_steps and len(train_levels) != len(self.train_dataset):
+            raise ValueError(
+                f"a curriculum needs one level per training example: {len(train_levels)} levels for "
+                f"{len(self.train_dataset)} examples"
+            )
+        self.train_levels = train_levels
+        self.curriculum_steps = curriculum_steps
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+        if not self.curriculum_steps:
+            return super()._get_train_sampler(train_dataset)
+        args = self.args
+        return LengthCurriculumSampler(
+            self.train_levels,
+            self.curriculum_steps,
+            args.train_batch_size * args.gradient_accumulation_steps * args.world_size,
+            seed=args.seed,
+        )
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         run_dir = Path(self.args.output_dir)
