@@ -194,15 +194,17 @@ def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
                     reason="needs torchrun")  # fmt: skip
-def test_two_process_data_parallel_matches_one_process_with_the_combined_batch(tmp_path):
-    common = ["train", "--pe", "rope", *TINY_ADDITION, "--train_samples", "8", "--max_steps", "4",
-              "--logging_steps", "1", "--eval_samples", "1", "--save_steps", "100"]  # fmt: skip
+@pytest.mark.parametrize("curriculum_steps", ["0", "3"])
+def test_two_process_data_parallel_matches_one_process_with_the_combined_batch(tmp_path, curriculum_steps):
+    common = ["train", "--pe", "rope", *TINY_ADDITION, "--train_samples", "16", "--max_steps", "4",
+              "--logging_steps", "1", "--eval_samples", "1", "--save_steps", "100",
+              "--curriculum_steps", curriculum_steps]  # fmt: skip
     single = tmp_path / "single"
     assert run_cli(*common, "--batch_size", "8", "--output_dir", str(single)).returncode == 0
     parallel = tmp_path / "parallel"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "mathpe.cli.main",
+        [torchrun, "--nproc_per_node", "2", "--master_port", str(29533 + int(curriculum_steps)), "-m", "mathpe.cli.main",
          *common, "--batch_size", "4", "--output_dir", str(parallel)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
