@@ -100,6 +100,16 @@ def test_train_tiny_addition_writes_every_output(tmp_path):
     again = (tmp_path / "predictions.jsonl").read_text().splitlines()
     assert len(again) == 4 * 2 and json.loads(again[0])["completion"] == record["completion"]
 
+    # ... and with an Abacus offset vote: offset 0 alone is the plain evaluation; three offsets vote.
+    assert main(["eval", str(tmp_path), "--eval_samples", "2", "--eval_offsets", "0"]) == 0
+    assert [
+        json.loads(line)["completion"] for line in (tmp_path / "predictions.jsonl").read_text().splitlines()
+    ] == [json.loads(line)["completion"] for line in again]
+    assert main(["eval", str(tmp_path), "--eval_samples", "2", "--eval_offsets", "0-2"]) == 0
+    voted = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(voted) == 8 and all(1 <= record["offset_votes"] <= 3 for record in voted)
+    assert json.loads((tmp_path / "metrics.json").read_text())["eval_offsets"] == [0, 1, 2]
+
 
 def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox, gsm8k_dir):
     """scripts/train_and_eval.py with the founding flags (fp16 needs CUDA, so fp32 here)."""
@@ -137,6 +147,15 @@ def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox
         (["--warmup_steps", "-1"], "--warmup_steps must be >= 0, got -1"),
         (["--second_digits", "0-1"], "--second_digits 0-1 must satisfy 1 <= min <= max"),
         (["--curriculum_steps", "-2"], "--curriculum_steps must be >= 0 (0: no curriculum), got -2"),
+        (
+            ["--pe", "rope", "--eval_offsets", "0,10"],
+            "--eval_offsets needs a PE trained with a random offset",
+        ),
+        (["--pe", "abacus", "--eval_offsets", "0,101"], "--eval_offsets [101] outside 0..100"),
+        (
+            ["--pe", "abacus", "--pe_options", '{"max_offset": 5}', "--eval_offsets", "3-6"],
+            "--eval_offsets [6] outside 0..5",
+        ),
         (
             ["--datasets", "gsm8k", "--curriculum_steps", "100"],
             "--curriculum_steps 100 needs arithmetic datasets only",

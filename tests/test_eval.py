@@ -7,8 +7,10 @@ import shutil
 import pytest
 import torch
 
+import mathpe.eval.evaluate
 from mathpe.data import FIXTURES_DIR, ArithmeticTokenizer
-from mathpe.eval.evaluate import evaluate_task, generate_completions, summarise
+from mathpe.data.tokenizer import digit_token_ids
+from mathpe.eval.evaluate import evaluate_task, generate_completions, offset_vote_completions, summarise
 from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.model import MathPEForCausalLM, preset_config
 
@@ -91,3 +93,54 @@ def test_evaluate_task_writes_one_prediction_per_item():
     assert {"prompt", "completion", "reference", "exact_match", "predicted_answer", "group"} <= set(
         predictions[0]
     )
+
+
+def abacus_model(tokenizer: ArithmeticTokenizer, **options) -> MathPEForCausalLM:
+    torch.manual_seed(0)
+    config = preset_config(
+        "tiny", pe="abacus", vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1,
+        pe_options={"digit_token_ids": list(digit_token_ids(tokenizer)), **options},
+    )  # fmt: skip
+    return MathPEForCausalLM(config).eval()
+
+
+def test_offset_vote_takes_the_majority_and_breaks_ties_by_offset_order(monkeypatch):
+    tokenizer = ArithmeticTokenizer()
+    model = abacus_model(tokenizer, eval_offset=4)
+    answers = {0: ["a", "x", "p"], 1: ["b", "y", "q"], 2: ["b", "x", "r"], 3: ["c", "y", "q"]}
+
+    def fake_generate(model, tokenizer, prompts, **options):
+        assert options["max_new_tokens"] == 5
+        return answers[model.model.pe.eval_offset]
+
+    monkeypatch.setattr(mathpe.eval.evaluate, "generate_completions", fake_generate)
+    completions, votes = offset_vote_completions(
+        model, tokenizer, ["1+1=", "2+2=", "3+3="], [0, 1, 2, 3], max_new_tokens=5
+    )
+    assert completions == ["b", "x", "q"]  # 2 votes each; "x" and "y" tie, and offset 0 came first
+    assert votes == [2, 2, 2]
+    assert model.model.pe.eval_offset == 4  # restored
+
+
+def test_offset_vote_with_one_offset_is_plain_generation_at_that_offset():
+    tokenizer = ArithmeticTokenizer()
+    model = abacus_model(tokenizer, max_offset=20)
+    prompts = ["12+345=", "9*9=", "1234+56=", "7-3="]
+    plain = {}
+    for offset in (0, 7):
+        model.model.pe.eval_offset = offset
+        plain[offset] = generate_completions(model, tokenizer, prompts, max_new_tokens=6)
+    model.model.pe.eval_offset = 0
+    assert plain[0] != plain[7]  # the offset matters, so the vote below is not trivially equal
+    for offset in (0, 7):
+        completions, votes = offset_vote_completions(model, tokenizer, prompts, [offset], max_new_tokens=6)
+        assert completions == plain[offset] and votes == [1] * len(prompts)
+
+
+def test_offset_vote_without_abacus_is_a_clear_error():
+    tokenizer = ArithmeticTokenizer()
+    model = MathPEForCausalLM(
+        preset_config("tiny", pe="rope", vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1)
+    )
+    with pytest.raises(ValueError, match=r"eval offsets \[0, 10\] need a PE with a random training offset"):
+        offset_vote_completions(model, tokenizer, ["1+1="], [0, 10], max_new_tokens=3)

@@ -159,6 +159,19 @@ def test_abacus_random_offset_only_in_training_and_constant_per_sequence() -> No
     assert (extra["digit_offset"] == 0).all()
 
 
+def test_abacus_eval_offset_shifts_every_row_in_eval_mode_only() -> None:
+    pe = build("abacus", digit_token_ids=DIGITS, max_offset=10, eval_offset=7).eval()
+    ids = tokens(2)
+    extra, _ = prepare(pe, ids)
+    assert (extra["digit_offset"] == 7).all()
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    torch.testing.assert_close(pe.embed(positions, **extra), pe.table.weight[extra["digit_runs"] + 7])
+    pe.eval_offset = 3  # settable on a trained model, as the offset vote does
+    assert (prepare(pe, ids)[0]["digit_offset"] == 3).all()
+    extra, _ = prepare(pe.train(), ids.repeat(40, 1))
+    assert len(set(extra["digit_offset"][:, 0].tolist())) > 1  # training still draws at random
+
+
 def test_abacus_training_offset_moves_the_embedding() -> None:
     pe = build("abacus", digit_token_ids=DIGITS, max_offset=100).train()
     ids = tokens(3, batch=1)
@@ -211,6 +224,10 @@ def test_abacus_options_validated() -> None:
     with pytest.raises(ValueError, match="max_offset"):
         build("abacus", max_offset=-1)
     assert build("abacus", max_digits=10, max_offset=0).table.num_embeddings == 11
+    with pytest.raises(ValueError, match=r"eval_offset must be in 0..max_offset=5, got 6"):
+        build("abacus", max_offset=5, eval_offset=6)
+    with pytest.raises(ValueError, match="eval_offset must be an integer >= 0, got -1"):
+        build("abacus").eval_offset = -1
 
 
 def test_abacus_half_computes_in_float32() -> None:

@@ -20,6 +20,7 @@ from mathpe.pe import list_pes
 from mathpe.train.compare import COMPARE_PRESETS
 
 EXIT_USAGE = 2
+EVAL_OFFSETS_HELP = "abacus: answer by majority over greedy generations at these eval offsets, e.g. 0,10,20,30,40,50,60,70,80,90"
 
 
 def comma_list(text: str) -> tuple[str, ...]:
@@ -44,7 +45,7 @@ def int_list(text: str) -> tuple[int, ...]:
         try:
             values += range(int(low), int(high or low) + 1)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected lengths like 1-16,20,24, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected integers like 1-16,20,24, got {text!r}") from None
     return tuple(values)
 
 
@@ -128,6 +129,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--logging_steps", type=int, default=10)
     training.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     training.add_argument("--eval_batch_size", type=int, default=64)
+    training.add_argument("--eval_offsets", type=int_list, default=(), help=EVAL_OFFSETS_HELP)
     training.add_argument(
         "--select_best",
         action="store_true",
@@ -174,6 +176,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         train_samples=args.train_samples,
         eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size,
+        eval_offsets=args.eval_offsets,
         experiment_name=args.experiment_name,
         output_dir=args.output_dir,
         resume=args.resume,
@@ -221,7 +224,12 @@ def command_train(args: argparse.Namespace) -> int:
 def command_eval(args: argparse.Namespace) -> int:
     from mathpe.train.evaluate_run import evaluate_saved_run
 
-    result = evaluate_saved_run(Path(args.run_dir), eval_samples=args.eval_samples, data_dir=args.data_dir)
+    result = evaluate_saved_run(
+        Path(args.run_dir),
+        eval_samples=args.eval_samples,
+        data_dir=args.data_dir,
+        eval_offsets=args.eval_offsets,
+    )
     for dataset, metrics in result.items():
         print(f"{dataset}: " + ", ".join(f"{m} {100 * metrics[m]:.1f}%" for m in metrics["by_group"]))
     return 0
@@ -270,6 +278,7 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--eval_samples", type=int, default=None)
     evaluate.add_argument("--data_dir", default=None)
+    evaluate.add_argument("--eval_offsets", type=int_list, default=None, help=EVAL_OFFSETS_HELP)
     evaluate.set_defaults(handler=command_eval)
 
     compare = commands.add_parser("compare", help="train several PEs with the same budget and compare them")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -11,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mathpe.eval.grading import truncate_at_stop
 from mathpe.eval.tasks import Task
+from mathpe.pe.additive import Abacus
 
 
 @torch.no_grad()
@@ -54,43 +56,88 @@ def generate_completions(
     return completions
 
 
+def offset_vote_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    offsets: Sequence[int],
+    **generate_options: Any,
+) -> tuple[list[str], list[int]]:
+    """The most common completion of each prompt over greedy generations at each Abacus eval offset.
+
+    A test-time ensemble for PEs trained with a random offset (``abacus``): the offset is a nuisance
+    variable the model was trained to ignore, yet past the training length its answers depend on it, and
+    where they disagree the majority is more often right. mathpe's own (no library offers it). Ties go to
+    the offset listed first. ``generate_options`` are passed to ``generate_completions``.
+
+    Returns:
+        ``(completions, votes)``: the winning completion per prompt and how many offsets produced it.
+    """
+    encodings = [module for module in model.modules() if isinstance(module, Abacus)]
+    if not encodings:
+        raise ValueError(
+            f"eval offsets {list(offsets)} need a PE with a random training offset (abacus); "
+            f"this model has none"
+        )
+    saved = [encoding.eval_offset for encoding in encodings]
+    per_offset = []
+    try:
+        for offset in offsets:
+            for encoding in encodings:
+                encoding.eval_offset = offset
+            per_offset.append(generate_completions(model, tokenizer, prompts, **generate_options))
+    finally:
+        for encoding, offset in zip(encodings, saved, strict=True):
+            encoding.eval_offset = offset
+    winners = [Counter(candidates).most_common(1)[0] for candidates in zip(*per_offset, strict=True)]
+    return [completion for completion, _ in winners], [votes for _, votes in winners]
+
+
 def evaluate_task(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
     *,
     batch_size: int = 32,
+    eval_offsets: Sequence[int] = (),
     progress: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate for every evaluation item of ``task`` and grade it.
+
+    ``eval_offsets``: when given, each answer is the majority over these Abacus offsets
+    (``offset_vote_completions``) and each prediction records its ``offset_votes``.
 
     Returns:
         ``(metrics, predictions)``: metrics holds each metric overall, per group (``by_group``), and for
         arithmetic the in- and out-of-distribution means over lengths; predictions holds one record per
         item (prompt, completion, reference, group, verdicts and extracted answers).
     """
-    completions = generate_completions(
-        model,
-        tokenizer,
-        [item.prompt for item in task.eval_items],
-        max_new_tokens=task.max_new_tokens,
-        batch_size=batch_size,
-        stop=task.stop,
-        progress=progress,
-    )
+    prompts = [item.prompt for item in task.eval_items]
+    options = {
+        "max_new_tokens": task.max_new_tokens,
+        "batch_size": batch_size,
+        "stop": task.stop,
+        "progress": progress,
+    }
+    votes: list[int | None] = [None] * len(prompts)
+    if eval_offsets:
+        completions, votes = offset_vote_completions(model, tokenizer, prompts, eval_offsets, **options)
+    else:
+        completions = generate_completions(model, tokenizer, prompts, **options)
     predictions = []
-    for item, completion in zip(task.eval_items, completions, strict=True):
+    for item, completion, vote in zip(task.eval_items, completions, votes, strict=True):
         verdict = task.grade(completion, item.reference)
-        predictions.append(
-            {
-                "dataset": task.name,
-                "group": item.group,
-                "prompt": item.prompt,
-                "completion": completion,
-                "reference": item.reference,
-                **verdict,
-            }
-        )
+        record = {
+            "dataset": task.name,
+            "group": item.group,
+            "prompt": item.prompt,
+            "completion": completion,
+            "reference": item.reference,
+            **verdict,
+        }
+        if vote is not None:
+            record["offset_votes"] = vote
+        predictions.append(record)
     return summarise(task, predictions), predictions
 
 

@@ -107,7 +107,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
       numbers than seen in training still find trained rows. The reference draws one offset per batch; one
       per sequence gives more variety at no cost. The offset is drawn in ``prepare`` and carried in the
       cached-decoding state, so it is constant within a sequence. In eval mode the offset is 0, so
-      generation is deterministic.
+      generation is deterministic (``eval_offset`` chooses another fixed offset).
     - Non-digits: place 0, shifted by the offset like the digits (row ``offset``). The reference adds the
       unshifted row 0 to them, so with random offsets the token that must write an answer's first digit
       (``=``, not a digit) cannot tell which rows its sequence's units digits have: in our addition study
@@ -120,6 +120,9 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         digit_token_ids: ids of the ten digit tokens (None: no token is a digit; every token gets row offset).
         max_digits: longest number (in digits) the table supports.
         max_offset: largest random training offset (the paper trains with k = 100).
+        eval_offset: the offset in eval mode, 0..max_offset (0, as in the paper). Past the training length,
+            accuracy depends strongly on it (the rows a long number lands on were trained with different
+            neighbours), which ``mathpe.eval.evaluate`` exploits by voting over several (``--eval_offsets``).
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         digit_token_ids: list[int] | None = None,
         max_digits: int = 64,
         max_offset: int = 100,
+        eval_offset: int = 0,
     ) -> None:
         super().__init__(
             num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
@@ -139,8 +143,19 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         self.init_digit_runs(digit_token_ids)
         self.max_digits = require_int("max_digits", max_digits)
         self.max_offset = require_int("max_offset", max_offset, minimum=0)
+        self.eval_offset = eval_offset
         self.table = nn.Embedding(max_digits + max_offset + 1, hidden_size)
         nn.init.normal_(self.table.weight, std=0.02)
+
+    @property
+    def eval_offset(self) -> int:
+        return self._eval_offset
+
+    @eval_offset.setter
+    def eval_offset(self, value: int) -> None:
+        if require_int("eval_offset", value, minimum=0) > self.max_offset:
+            raise ValueError(f"eval_offset must be in 0..max_offset={self.max_offset}, got {value}")
+        self._eval_offset = value
 
     def prepare(
         self,
@@ -162,7 +177,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         elif self.training:
             offset = torch.randint(0, self.max_offset + 1, runs_carry.shape, device=runs_carry.device)
         else:
-            offset = torch.zeros_like(runs_carry)
+            offset = torch.full_like(runs_carry, self.eval_offset)
         extra["digit_offset"] = offset[:, None].expand_as(extra["digit_runs"])
         return extra, {"runs": runs_carry, "offset": offset}
 

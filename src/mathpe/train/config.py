@@ -47,6 +47,7 @@ class RunConfig:
     train_samples: int = 20_000
     eval_samples: int | None = None
     eval_batch_size: int = 64
+    eval_offsets: tuple[int, ...] = ()
     experiment_name: str = "mathpe"
     output_dir: str | None = None
     resume: bool = False
@@ -120,6 +121,7 @@ class RunConfig:
                 f"--curriculum_steps {self.curriculum_steps} needs arithmetic datasets only (the curriculum "
                 f"orders problems by operand digits); got {', '.join(self.datasets)}"
             )
+        self.check_eval_offsets()
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"--time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.fp16 and self.bf16:
@@ -143,6 +145,20 @@ class RunConfig:
             if not 1 <= low <= high:
                 raise ConfigError(f"--second_digits {low}-{high} must satisfy 1 <= min <= max")
         return self
+
+    def check_eval_offsets(self) -> None:
+        """Raise ``ConfigError`` unless ``eval_offsets`` is empty or fits the PE (abacus, within max_offset)."""
+        if not self.eval_offsets:
+            return
+        defaults = pe_options(self.pe)
+        if "eval_offset" not in defaults:
+            raise ConfigError(
+                f"--eval_offsets needs a PE trained with a random offset (abacus), not {self.pe!r}"
+            )
+        limit = self.pe_options.get("max_offset", defaults["max_offset"])
+        bad = [value for value in self.eval_offsets if not 0 <= value <= limit]
+        if bad:
+            raise ConfigError(f"--eval_offsets {bad} outside 0..{limit} (the PE's max_offset)")
 
     def check_max_length(self, context_length: int) -> None:
         """Raise ``ConfigError`` when ``max_length`` exceeds what the model's PE supports."""

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mathpe.data.tokenizer import ArithmeticTokenizer
@@ -31,6 +32,7 @@ def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
         }
     )
     settings["datasets"] = tuple(settings["datasets"])
+    settings["eval_offsets"] = tuple(settings.get("eval_offsets", ()))
     return RunConfig(**settings), raw
 
 
@@ -41,16 +43,27 @@ def load_run_tokenizer(model_dir: Path, tokenizer_class: str) -> PreTrainedToken
 
 
 def evaluate_saved_run(
-    run_dir: Path, *, eval_samples: int | None = None, data_dir: str | None = None
+    run_dir: Path,
+    *,
+    eval_samples: int | None = None,
+    data_dir: str | None = None,
+    eval_offsets: tuple[int, ...] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Re-evaluate ``run_dir/model`` on the run's datasets; rewrites metrics, predictions, report, plot."""
+    """Re-evaluate ``run_dir/model`` on the run's datasets; rewrites metrics, predictions, report, plot.
+
+    ``eval_offsets`` (abacus) replaces the run's own; ``()`` turns the offset vote off.
+    """
     config, raw = load_run_config(run_dir)
     config = dataclasses.replace(
         config,
         output_dir=str(run_dir),
         eval_samples=eval_samples or config.eval_samples,
         data_dir=data_dir or config.data_dir,
+        eval_offsets=config.eval_offsets if eval_offsets is None else eval_offsets,
     )
+    config.check_eval_offsets()
+    if config.threads:
+        torch.set_num_threads(config.threads)
     model_dir = run_dir / "model"
     tokenizer = load_run_tokenizer(model_dir, raw.get("tokenizer", ""))
     model = load_saved_model(model_dir, config)

@@ -104,7 +104,13 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
             "checkpoint": train_stats["best_checkpoint"],
             "validation_loss": train_stats["best_validation_loss"],
             "datasets": {
-                task.name: evaluate_task(best_model, tokenizer, task, batch_size=config.eval_batch_size)[0]
+                task.name: evaluate_task(
+                    best_model,
+                    tokenizer,
+                    task,
+                    batch_size=config.eval_batch_size,
+                    eval_offsets=config.eval_offsets,
+                )[0]
                 for task in tasks
             },
         }
@@ -251,12 +257,19 @@ def evaluate_and_report(
     started = time.monotonic()
     for task in tasks:
         task_metrics, task_predictions = evaluate_task(
-            model, tokenizer, task, batch_size=config.eval_batch_size, progress=progress
+            model,
+            tokenizer,
+            task,
+            batch_size=config.eval_batch_size,
+            eval_offsets=config.eval_offsets,
+            progress=progress,
         )
         metrics[task.name] = task_metrics
         predictions += task_predictions
     eval_seconds = round(time.monotonic() - started, 2)
     summary = {"train": train_stats, "eval_seconds": eval_seconds, "datasets": metrics}
+    if config.eval_offsets:
+        summary["eval_offsets"] = list(config.eval_offsets)
     write_json(run_dir / "metrics.json", summary if best is None else {**summary, "best_checkpoint": best})
     write_predictions(run_dir / "predictions.jsonl", predictions)
     settings = {
@@ -265,6 +278,8 @@ def evaluate_and_report(
         "steps": train_stats.get("steps"),
         "seed": config.seed,
     }
+    if config.eval_offsets:
+        settings["abacus offset vote"] = ",".join(map(str, config.eval_offsets))
     write_text(run_dir / "report.md", run_report(f"mathpe run: {config.experiment_name}", settings, metrics))
     curves = {name: length_curves(m) for name, m in metrics.items() if length_curves(m)}
     if curves:
