@@ -20,7 +20,9 @@ from mathpe.pe import list_pes
 from mathpe.train.compare import COMPARE_PRESETS
 
 EXIT_USAGE = 2
-EVAL_OFFSETS_HELP = "abacus: answer by majority over greedy generations at these eval offsets, e.g. 0,10,20,30,40,50,60,70,80,90"
+EVAL_OFFSETS_HELP = (
+    "abacus: answer by majority over greedy generations at these eval offsets, e.g. 0,10,20,30,40,50,60,70,80"
+)
 
 
 def comma_list(text: str) -> tuple[str, ...]:
