@@ -281,6 +281,27 @@ def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
     assert "(1 runs read back from earlier, not timed)" in (tmp_path / "comparison.md").read_text()
 
 
+def test_eval_again_evaluates_the_best_checkpoint_too_even_after_the_run_folder_moved(tmp_path, caplog):
+    made = tmp_path / "made"
+    code = main(["train", "--pe", "rope", *TINY_ADDITION, "--max_steps", "4", "--save_steps", "2", "--select_best",
+                 "--output_dir", str(made)])  # fmt: skip
+    assert code == 0
+    before = json.loads((made / "metrics.json").read_text())["best_checkpoint"]
+    assert before["datasets"]["addition"]["n"] == 4 * 3
+    moved = made.rename(tmp_path / "moved")
+    assert main(["eval", str(moved), "--eval_samples", "2"]) == 0
+    best = json.loads((moved / "metrics.json").read_text())["best_checkpoint"]
+    assert Path(best["checkpoint"]) == moved / Path(before["checkpoint"]).name
+    assert best["validation_loss"] == before["validation_loss"]
+    assert best["datasets"]["addition"]["n"] == 4 * 2  # evaluated again, with the new sample count
+
+    shutil.rmtree(best["checkpoint"])
+    with caplog.at_level("WARNING"):
+        assert main(["eval", str(moved), "--eval_samples", "2"]) == 0
+    assert "is gone" in caplog.text
+    assert "best_checkpoint" not in json.loads((moved / "metrics.json").read_text())
+
+
 @pytest.mark.parametrize("preset", sorted(COMPARE_PRESETS))
 def test_every_compare_preset_builds_valid_runs(preset):
     """A preset's settings parse and validate for each of its PEs; its tasks build (small samples)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,10 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from mathpe.data.tokenizer import ArithmeticTokenizer
 from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.train.config import RunConfig
-from mathpe.train.run import evaluate_and_report
+from mathpe.train.run import evaluate_and_report, evaluate_checkpoint
 from mathpe.train.setup import load_saved_model
+
+logger = logging.getLogger(__name__)
 
 
 def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -79,8 +82,27 @@ def evaluate_saved_run(
         for name in config.datasets
     ]
     previous = (
-        json.loads((run_dir / "metrics.json").read_text()).get("train", {})
-        if (run_dir / "metrics.json").is_file()
-        else {}
+        json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     )
-    return evaluate_and_report(config, model, tokenizer, tasks, previous, progress=False).metrics
+    best = None
+    if "best_checkpoint" in previous:  # evaluated again with the same settings, so both entries agree
+        # By name inside run_dir: the stored path is where the run was made, and run folders get moved.
+        checkpoint = run_dir / Path(previous["best_checkpoint"]["checkpoint"]).name
+        if checkpoint.is_dir():
+            best = evaluate_checkpoint(
+                config,
+                tokenizer,
+                tasks,
+                checkpoint,
+                validation_loss=previous["best_checkpoint"]["validation_loss"],
+                device=model.device,
+            )
+        else:
+            logger.warning(
+                "best checkpoint %s is gone; metrics.json now holds the final model's evaluation only",
+                checkpoint,
+            )
+    train_stats = previous.get("train", {})
+    return evaluate_and_report(
+        config, model, tokenizer, tasks, train_stats, best=best, progress=False
+    ).metrics

@@ -99,22 +99,38 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
     tokenizer.save_pretrained(run_dir / "model")
     best = None
     if config.select_best and train_stats.get("best_checkpoint"):
-        best_model = load_saved_model(train_stats["best_checkpoint"], config).to(trained.device)
-        best = {
-            "checkpoint": train_stats["best_checkpoint"],
-            "validation_loss": train_stats["best_validation_loss"],
-            "datasets": {
-                task.name: evaluate_task(
-                    best_model,
-                    tokenizer,
-                    task,
-                    batch_size=config.eval_batch_size,
-                    eval_offsets=config.eval_offsets,
-                )[0]
-                for task in tasks
-            },
-        }
+        best = evaluate_checkpoint(
+            config,
+            tokenizer,
+            tasks,
+            train_stats["best_checkpoint"],
+            validation_loss=train_stats["best_validation_loss"],
+            device=trained.device,
+        )
     return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, best=best, progress=progress)
+
+
+def evaluate_checkpoint(
+    config: RunConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    checkpoint: str | Path,
+    *,
+    validation_loss: float | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Metrics of a saved checkpoint on every task: the ``best_checkpoint`` entry of metrics.json."""
+    model = load_saved_model(checkpoint, config).to(device)
+    return {
+        "checkpoint": str(checkpoint),
+        "validation_loss": validation_loss,
+        "datasets": {
+            task.name: evaluate_task(
+                model, tokenizer, task, batch_size=config.eval_batch_size, eval_offsets=config.eval_offsets
+            )[0]
+            for task in tasks
+        },
+    }
 
 
 def run_settings(
