@@ -7,6 +7,7 @@ a one-line ``mathpe: error: ...`` and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -251,6 +252,20 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_pretrain(args: argparse.Namespace) -> int:
+    from mathpe.train.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PretrainConfig)})
+    summary = pretrain(config, progress=not args.quiet)
+    perplexities = ", ".join(f"{length}: {value:.2f}" for length, value in summary["ppl"].items())
+    print(
+        f"{summary['params'] / 1e6:.2f}M parameters, {summary['pretrain_tokens']:,} tokens, "
+        f"{summary['train_seconds']:.0f} s; held-out perplexity by context {perplexities}"
+    )
+    print(f"outputs: {config.output_dir}/model")
+    return 0
+
+
 def command_verify(args: argparse.Namespace) -> int:
     from mathpe.verify import run_verification
 
@@ -294,6 +309,18 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     compare.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
     add_run_arguments(compare)
     compare.set_defaults(handler=command_compare, **(compare_defaults or {}))
+
+    from transformers import HfArgumentParser
+
+    from mathpe.train.pretrain import PretrainConfig
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        parents=[HfArgumentParser(PretrainConfig, add_help=False)],
+        help="train a Pythia-style GPT-NeoX on math text from scratch (the swap study's base model)",
+    )
+    pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
+    pretrain.set_defaults(handler=command_pretrain)
 
     verify = commands.add_parser("verify", help="check every PE in every model, dtype and device")
     verify.add_argument("--json", default=None, help="also write the table as JSON here")
