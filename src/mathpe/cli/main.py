@@ -266,6 +266,14 @@ def command_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_swap_study(args: argparse.Namespace) -> int:
+    from mathpe.train.swap_study import SwapStudyConfig, run_swap_study, summary_markdown
+
+    config = SwapStudyConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SwapStudyConfig)})
+    print(summary_markdown(run_swap_study(config)))
+    return 0
+
+
 def command_verify(args: argparse.Namespace) -> int:
     from mathpe.verify import run_verification
 
@@ -321,6 +329,15 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     )
     pretrain.add_argument("--quiet", action="store_true", help="no progress bars")
     pretrain.set_defaults(handler=command_pretrain)
+
+    from mathpe.train.swap_study import SwapStudyConfig
+
+    swap_study = commands.add_parser(
+        "swap-study",
+        parents=[HfArgumentParser(SwapStudyConfig, add_help=False)],
+        help="swap the PE of a pretrained model and adapt it with LoRA: perplexity at 1x/2x/4x context",
+    )
+    swap_study.set_defaults(handler=command_swap_study)
 
     verify = commands.add_parser("verify", help="check every PE in every model, dtype and device")
     verify.add_argument("--json", default=None, help="also write the table as JSON here")
