@@ -55,16 +55,16 @@ class PretrainConfig:
         default=None,
         metadata={"help": "folder with gsm8k/ and math/ JSON Lines files (default $MATHPE_DATA)"},
     )
-    vocab_size: int = field(default=8192, metadata={"help": "BPE vocabulary size"})
+    vocab_size: int = field(default=4096, metadata={"help": "BPE vocabulary size"})
     hidden_size: int = field(default=256, metadata={"help": "model width"})
-    num_layers: int = field(default=6, metadata={"help": "transformer layers"})
-    num_heads: int = field(default=8, metadata={"help": "attention heads"})
+    num_layers: int = field(default=4, metadata={"help": "transformer layers"})
+    num_heads: int = field(default=4, metadata={"help": "attention heads"})
     rotary_fraction: float = field(
         default=0.25, metadata={"help": "share of each head rotated (Pythia: 0.25)"}
     )
     context: int = field(default=256, metadata={"help": "training context in tokens"})
     batch_size: int = field(default=16, metadata={"help": "blocks per step"})
-    max_steps: int = field(default=3000, metadata={"help": "optimizer steps"})
+    max_steps: int = field(default=2000, metadata={"help": "optimizer steps"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine decay)"})
     warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
     eval_steps: int = field(default=250, metadata={"help": "held-out perplexity every this many steps"})
