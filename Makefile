@@ -1,7 +1,7 @@
 # mathpe: `make demo` runs the main job, `make test` the tests; both create .venv on first use.
 PY := .venv/bin/python
 
-.PHONY: demo test test-slow lint bench verify clean-venv
+.PHONY: demo test test-slow lint bench verify gpu-check gpu-wheels clean-venv
 
 .venv/bin/mathpe: pyproject.toml
 	python3 -m venv .venv
@@ -30,6 +30,19 @@ bench: .venv/bin/mathpe
 
 verify: .venv/bin/mathpe
 	.venv/bin/mathpe verify
+
+# On a CUDA machine: the CUDA tests, verify, bench section 6 and the founding command's shape (docs/gpu-check.md).
+gpu-check:
+	python3 scripts/gpu_check.py
+
+# Wheels of what the lent GPU machine lacks (its torch stays), for `carry` (docs/gpu-check.md).
+GPU_WHEELS := transformers huggingface.hub httpx2 httpcore2 truststore click peft accelerate math.verify latex2sympy2.extended antlr4.python3.runtime
+gpu-wheels: .venv/bin/mathpe
+	rm -rf .whl && mkdir .whl
+	.venv/bin/pip freeze | grep -iE "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==" > .whl/requirements.txt
+	.venv/bin/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl -r .whl/requirements.txt
 
 clean-venv:
 	rm -rf .venv

@@ -283,7 +283,7 @@ def command_verify(args: argparse.Namespace) -> int:
 def command_bench(args: argparse.Namespace) -> int:
     from mathpe.bench import run_benchmarks
 
-    run_benchmarks(quick=args.quick, json_path=args.json, threads=args.threads)
+    run_benchmarks(quick=args.quick, json_path=args.json, threads=args.threads, sections=args.sections)
     return 0
 
 
@@ -349,6 +349,9 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     bench.add_argument("--quick", action="store_true", help="small sizes, under two minutes on 2 CPU cores")
     bench.add_argument("--json", default=None)
     bench.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: see README)")
+    bench.add_argument(
+        "--sections", type=comma_list, default=None, help="comma list of sections (default: all)"
+    )
     bench.set_defaults(handler=command_bench)
     return parser
 
