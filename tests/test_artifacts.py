@@ -11,10 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft import PeftModel
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, GPTNeoXForCausalLM, PreTrainedModel
+from transformers import AutoConfig, ByT5Tokenizer, GPTNeoXForCausalLM, PreTrainedModel
 
 from helpers import perturb_parameters
+from mathpe.cli.main import main
 from mathpe.data.tokenizer import ArithmeticTokenizer
 from mathpe.hf import PE_MODULE_NAME, load_model
 from mathpe.model import MathPEConfig, MathPEForCausalLM
@@ -113,20 +115,22 @@ def load_in_fresh_process(tmp_path: Path, folders: list[Path], tokenizers: list[
 
 
 def test_saved_folders_load_with_transformers_alone_and_are_refused_without_remote_code(
-    tmp_path: Path, folders: dict[str, Path]
+    tmp_path: Path, folders: dict[str, Path], lora_run: Path
 ) -> None:
-    kinds = ["decoder", *SWAPPED_PES]
-    result = load_in_fresh_process(tmp_path, [folders[kind] for kind in kinds], [folders["decoder"]])
+    """The decoder, swapped GPT-NeoX and Llama, and a LoRA run's merged model/, in a process without mathpe."""
+    paths = [folders["decoder"], folders["gpt_neox"], folders["llama"], lora_run / "model"]
+    result = load_in_fresh_process(tmp_path, paths, [folders["decoder"]])
     assert not result["mathpe_imported_before_loading"]
-    for kind in kinds:
-        loaded = result["folders"][str(folders[kind])]
+    for path in paths:
+        loaded = result["folders"][str(path)]
         # Never a silent load as the unswapped architecture: transformers asks for trust_remote_code.
-        assert loaded["plain"] is not None and "trust_remote_code=True" in loaded["plain"], kind
-        torch.testing.assert_close(loaded["logits"], reference_logits(folders[kind]), rtol=0, atol=0)
-    assert [result["folders"][str(folders[kind])]["model_class"] for kind in kinds] == [
+        assert loaded["plain"] is not None and "trust_remote_code=True" in loaded["plain"], path
+        torch.testing.assert_close(loaded["logits"], reference_logits(path), rtol=0, atol=0)
+    assert [result["folders"][str(path)]["model_class"] for path in paths] == [
         "MathPEForCausalLM",
         "GPTNeoXForCausalLM",
         "LlamaForCausalLM",
+        "GPTNeoXForCausalLM",
     ]
     tokenizer = result["tokenizers"][str(folders["decoder"])]
     assert tokenizer == {"class": "ArithmeticTokenizer", "ids": ArithmeticTokenizer()("12+34=").input_ids}
@@ -234,3 +238,93 @@ def test_autoconfig_knows_the_swapped_model_types_where_mathpe_is_imported(folde
     config = AutoConfig.from_pretrained(folders["gpt_neox"])
     assert config.model_type == "mathpe_gpt_neox" and config.mathpe_pe == "alibi"
     assert isinstance(config, GPTNeoXForCausalLM.config_class)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few LoRA steps of ALiBi (trainable slopes) on a tiny GPT-NeoX with a byte tokenizer, checkpoints kept."""
+    root = tmp_path_factory.mktemp("lora-run")
+    tokenizer = ByT5Tokenizer()
+    base = save_tiny(
+        tiny_config(
+            "gpt_neox",
+            vocab_size=len(tokenizer),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        ),
+        root / "base",
+    )
+    tokenizer.save_pretrained(base)
+    arguments = [
+        "train", "--pe", "alibi", "--model_size", base, "--use_lora", "--datasets", "addition",
+        "--train_digits", "1-2", "--eval_lengths", "1-2", "--train_samples", "16", "--eval_samples", "2",
+        "--batch_size", "4", "--max_steps", "4", "--save_steps", "2", "--learning_rate", "5e-2",
+        "--warmup_steps", "0", "--threads", "1", "--quiet", "--output_dir", str(root / "run"),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    return root / "run"
+
+
+def logits_of(model: PreTrainedModel) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(torch.tensor(INPUT_IDS)).logits
+
+
+def test_a_lora_run_keeps_its_adapter_in_peft_format_pe_included(lora_run: Path) -> None:
+    adapter_config = json.loads((lora_run / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["modules_to_save"] == [PE_MODULE_NAME]
+    settings = json.loads((lora_run / "config.json").read_text())
+    base = load_model(settings["model_size"], pe=settings["pe"], **settings["resolved_pe_options"])
+    fresh_slopes = [p.detach().clone() for p in base.get_decoder().mathpe_pe.parameters()]
+    adapted = PeftModel.from_pretrained(base, lora_run / "adapter")
+    merged = load_model(str(lora_run / "model"))
+    trained_slopes = list(merged.get_decoder().mathpe_pe.parameters())
+    assert not all(
+        torch.equal(a, b) for a, b in zip(fresh_slopes, trained_slopes, strict=True)
+    )  # the PE trained
+    # The adapter carries the trained PE: PEFT's model and the run's merged model.
+    active_pe = adapted.base_model.model.gpt_neox.mathpe_pe.modules_to_save["default"]
+    for adapter_parameter, merged_parameter in zip(active_pe.parameters(), trained_slopes, strict=True):
+        assert torch.equal(adapter_parameter, merged_parameter)
+    torch.testing.assert_close(
+        logits_of(adapted), logits_of(merged), rtol=1e-4, atol=1e-4
+    )  # merging changes float rounding
+
+
+def exported_files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("source", ["run", "checkpoint-2"])
+def test_export_writes_the_same_standalone_folder_twice(tmp_path: Path, lora_run: Path, source: str) -> None:
+    path = lora_run if source == "run" else lora_run / source
+    assert main(["export", str(path), str(tmp_path / "first")]) == 0
+    assert main(["export", str(path), str(tmp_path / "second")]) == 0
+    first = exported_files(tmp_path / "first")
+    assert first == exported_files(tmp_path / "second")
+    assert {"config.json", "model.safetensors", "generation_config.json", REMOTE_CODE_FILE} <= set(first)
+    assert "tokenizer_config.json" in first and "adapter_config.json" not in first
+    exported = load_model(str(tmp_path / "first"))
+    if source == "run":
+        torch.testing.assert_close(
+            logits_of(exported), logits_of(load_model(str(lora_run / "model"))), rtol=0, atol=0
+        )
+    else:  # the checkpoint's adapter and trained PE, merged: as PEFT computes it unmerged
+        settings = json.loads((lora_run / "config.json").read_text())
+        base = load_model(settings["model_size"], pe=settings["pe"], **settings["resolved_pe_options"])
+        adapted = PeftModel.from_pretrained(base, path)
+        torch.testing.assert_close(
+            logits_of(exported), logits_of(adapted), rtol=1e-4, atol=1e-4
+        )  # merging changes float rounding
+        assert not torch.equal(logits_of(exported), logits_of(load_model(str(lora_run / "model"))))
+
+
+def test_export_casts_to_the_dtype_asked_and_refuses_bad_input(
+    tmp_path: Path, lora_run: Path, capsys
+) -> None:
+    assert main(["export", str(lora_run), str(tmp_path / "bf16"), "--dtype", "bfloat16"]) == 0
+    assert load_model(str(tmp_path / "bf16")).dtype == torch.bfloat16
+    assert main(["export", str(lora_run), str(tmp_path / "bf16")]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nothing"), str(tmp_path / "out")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
