@@ -240,10 +240,9 @@ def test_autoconfig_knows_the_swapped_model_types_where_mathpe_is_imported(folde
     assert isinstance(config, GPTNeoXForCausalLM.config_class)
 
 
-@pytest.fixture(scope="module")
-def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A few LoRA steps of ALiBi (trainable slopes) on a tiny GPT-NeoX with a byte tokenizer, checkpoints kept."""
-    root = tmp_path_factory.mktemp("lora-run")
+def make_lora_run(root: Path) -> Path:
+    """A few LoRA steps of ALiBi (trainable slopes) on a tiny GPT-NeoX with a byte tokenizer, checkpoints
+    kept, in ``root/run`` (the base model in ``root/base``)."""
     tokenizer = ByT5Tokenizer()
     base = save_tiny(
         tiny_config(
@@ -263,6 +262,11 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]  # fmt: skip
     assert main(arguments) == 0
     return root / "run"
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_lora_run(tmp_path_factory.mktemp("lora-run"))
 
 
 def logits_of(model: PreTrainedModel) -> torch.Tensor:

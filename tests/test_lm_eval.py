@@ -15,7 +15,10 @@ from mathpe.data.tokenizer import ArithmeticTokenizer
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.grading import grade_gsm8k
 from mathpe.eval.tasks import ArithmeticSettings, Task, build_task
+from mathpe.hf import load_model
 from mathpe.model import MathPEConfig, MathPEForCausalLM
+from mathpe.train.evaluate_run import load_run_config, load_run_tokenizer
+from test_artifacts import make_lora_run
 
 lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.model import LM  # noqa: E402  (after the skip when lm-eval is not installed)
@@ -81,19 +84,11 @@ def samples_by_doc(results: dict, task: str, filter_name: str = "none") -> dict[
     }
 
 
-def test_lm_eval_reads_a_saved_decoder_and_agrees_item_by_item_with_mathpe_eval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    task = addition_task()
-    folder = tmp_path / "model"
-    train_tiny_decoder(task, folder)
-    model = MathPEForCausalLM.from_pretrained(folder)
-    tokenizer = ArithmeticTokenizer.from_pretrained(folder)
-    metrics, predictions = evaluate_task(model, tokenizer, task, batch_size=1)
-    assert 0 < metrics["exact_match"] < 1, metrics["exact_match"]
-
+def harness_addition(
+    folder: Path, task: Task, tmp_path: Path, model_args: str = ""
+) -> tuple[dict[int, dict], float]:
+    """lm-eval's ``hf`` model on ``folder`` (``trust_remote_code=True``, plus ``model_args``) over ``task``'s
+    evaluation items, a local task file: the logged samples by item and the mean exact match."""
     tasks = tmp_path / "tasks"
     tasks.mkdir()
     write_jsonl(
@@ -124,21 +119,61 @@ metric_list:
     )
     results = lm_eval.simple_evaluate(
         model="hf",
-        model_args=f"pretrained={folder},trust_remote_code=True,dtype=float32",
+        model_args=f"pretrained={folder},trust_remote_code=True,dtype=float32{model_args}",
         tasks=["mathpe_addition"],
         task_manager=TaskManager(include_path=str(tasks), include_defaults=False),
         batch_size=1,
         device="cpu",
         log_samples=True,
     )
-    samples = samples_by_doc(results, "mathpe_addition")
+    return samples_by_doc(results, "mathpe_addition"), results["results"]["mathpe_addition"][
+        "exact_match,none"
+    ]
+
+
+def assert_same_items_and_verdicts(samples: dict[int, dict], predictions: list[dict]) -> None:
+    """Every item: the same prompt, the same completion and the same verdict in the harness and in mathpe."""
     assert len(samples) == len(predictions)
     for index, prediction in enumerate(predictions):
         sample = samples[index]
         assert sample["doc"]["prompt"] == prediction["prompt"]
         assert sample["resps"][0][0] == prediction["completion"], prediction["prompt"]
         assert bool(sample["exact_match"]) == prediction["exact_match"], prediction["prompt"]
-    assert results["results"]["mathpe_addition"]["exact_match,none"] == pytest.approx(metrics["exact_match"])
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.mark.usefixtures("offline")
+def test_lm_eval_reads_a_saved_decoder_and_agrees_item_by_item_with_mathpe_eval(tmp_path: Path) -> None:
+    task = addition_task()
+    folder = tmp_path / "model"
+    train_tiny_decoder(task, folder)
+    model = MathPEForCausalLM.from_pretrained(folder)
+    tokenizer = ArithmeticTokenizer.from_pretrained(folder)
+    metrics, predictions = evaluate_task(model, tokenizer, task, batch_size=1)
+    assert 0 < metrics["exact_match"] < 1, metrics["exact_match"]
+    samples, mean = harness_addition(folder, task, tmp_path)
+    assert_same_items_and_verdicts(samples, predictions)
+    assert mean == pytest.approx(metrics["exact_match"])
+
+
+@pytest.mark.usefixtures("offline")
+def test_lm_eval_reads_a_lora_runs_swapped_model_as_mathpe_eval_does(tmp_path: Path) -> None:
+    """A LoRA run of a swapped GPT-NeoX (ALiBi): its merged model/ through the harness and through mathpe.
+
+    mathpe encodes prompts without special tokens; its byte tokenizer (ByT5's) appends EOS by default, so
+    the harness gets ``add_bos_token=False`` (its switch for special tokens) to see the same prompt."""
+    run = make_lora_run(tmp_path)
+    _, raw = load_run_config(run)
+    tokenizer = load_run_tokenizer(run / "model", raw["tokenizer"])
+    task = addition_task()
+    _, predictions = evaluate_task(load_model(str(run / "model")), tokenizer, task, batch_size=1)
+    samples, _ = harness_addition(run / "model", task, tmp_path, ",add_bos_token=False")
+    assert_same_items_and_verdicts(samples, predictions)
 
 
 class FixedCompletions(LM):
@@ -182,11 +217,9 @@ def gsm8k_completion(index: int, gold: str) -> str:
     return kinds[index % len(kinds)]
 
 
-def test_lm_eval_gsm8k_strict_match_agrees_item_by_item_with_mathpe_grading(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("offline")
+def test_lm_eval_gsm8k_strict_match_agrees_item_by_item_with_mathpe_grading(tmp_path: Path) -> None:
     """The harness's own gsm8k.yaml (filters, metric settings) on local data, zero-shot."""
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     official = Path(lm_eval.__file__).parent / "tasks" / "gsm8k" / "gsm8k.yaml"
     (tmp_path / "gsm8k_local.yaml").write_text(
         f"""include: {official}
