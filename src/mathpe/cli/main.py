@@ -1,4 +1,4 @@
-"""The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``verify``, ``bench``.
+"""The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``verify``, ``bench``, ``export``.
 
 Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length) ends with
 a one-line ``mathpe: error: ...`` and exit status 2, never a traceback.
@@ -287,6 +287,13 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from mathpe.export import export_model
+
+    print(f"exported: {export_model(args.source, args.output_dir, dtype=args.dtype)}")
+    return 0
+
+
 def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """The argument parser; ``compare_defaults`` are a ``--preset``'s settings (user flags still win)."""
     parser = argparse.ArgumentParser(
@@ -353,6 +360,19 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
         "--sections", type=comma_list, default=None, help="comma list of sections (default: all)"
     )
     bench.set_defaults(handler=command_bench)
+
+    export = commands.add_parser(
+        "export", help="write a standalone model folder (LoRA merged) from a run or one of its checkpoints"
+    )
+    export.add_argument("source", help="a run folder or one of its checkpoint-N folders")
+    export.add_argument("output_dir", help="a new or empty folder")
+    export.add_argument(
+        "--dtype",
+        choices=("bfloat16", "float16", "float32"),
+        default=None,
+        help="cast the weights (default: keep)",
+    )
+    export.set_defaults(handler=command_export)
     return parser
 
 

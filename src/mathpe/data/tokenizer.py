@@ -3,16 +3,20 @@
 One token per character over digits, operators ``+ - * / =``, space, parentheses, comma and period, plus
 ``<pad>``, ``<eos>`` (also the BOS token) and ``<unk>``. It saves and loads with ``save_pretrained`` /
 ``from_pretrained`` and pads on the left by default, so ``generate``, ``Trainer`` and data collators work
-with it unchanged.
+with it unchanged. Saved folders name it in tokenizer_config.json's ``auto_map``, so ``AutoTokenizer`` loads it
+with ``trust_remote_code=True`` (``mathpe.remote_code``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerBase
+
+from mathpe.remote_code import TOKENIZER_AUTO_MAP, write_remote_code
 
 PAD_TOKEN = "<pad>"
 EOS_TOKEN = "<eos>"
@@ -45,6 +49,7 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
         self._token_to_id = _read_vocab(Path(vocab_file)) if vocab_file else dict(DEFAULT_VOCAB)
         self._id_to_token = {index: token for token, index in self._token_to_id.items()}
         kwargs.setdefault("clean_up_tokenization_spaces", False)  # its cleanup would delete " ." and " ,"
+        kwargs["auto_map"] = TOKENIZER_AUTO_MAP  # saved in tokenizer_config.json
         super().__init__(
             padding_side=padding_side,
             pad_token=pad_token,
@@ -77,6 +82,17 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
 
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         return "".join(tokens)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoTokenizer") -> None:
+        """Do nothing: saved folders name the shim in ``auto_map`` already (see ``mathpe.remote_code``)."""
+
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any
+    ) -> tuple[str, ...]:
+        """``PreTrainedTokenizer.save_pretrained``, plus the remote-code shim its ``auto_map`` names."""
+        shim = write_remote_code(save_directory)
+        return (*super().save_pretrained(save_directory, *args, **kwargs), str(shim))
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
         prefix = f"{filename_prefix}-" if filename_prefix else ""

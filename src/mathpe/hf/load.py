@@ -12,6 +12,7 @@ from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
+from mathpe import __version__
 from mathpe.hf.swap import (
     CONFIG_OPTIONS_KEY,
     CONFIG_PE_KEY,
@@ -22,6 +23,7 @@ from mathpe.hf.swap import (
     family_of_config,
     install_pe,
 )
+from mathpe.pe import list_pes
 
 
 def _cannot_load(name_or_path: str, error: Exception) -> OSError:
@@ -125,22 +127,50 @@ def load_model(
         **options: the PE's options (``mathpe.pe.pe_options(pe)``).
 
     Raises:
-        OSError: ``name_or_path`` cannot be read.
-        ValueError: unsupported architecture, unknown PE or option.
+        OSError: ``name_or_path`` cannot be read, or was written by a newer mathpe.
+        ValueError: unsupported architecture, unknown PE or option, PE weights missing from the checkpoint.
     """
     if options and pe is None:
         raise ValueError(f"PE options {sorted(options)} given without a pe; pass pe= one of the PE names")
-    config = _load_config(name_or_path)
+    return _load(name_or_path, _load_config(name_or_path), pe, options, dtype=dtype, device_map=device)
+
+
+def load_saved_swapped(
+    name_or_path: str, config: PretrainedConfig | None = None, **from_pretrained_kwargs: Any
+) -> PreTrainedModel:
+    """A saved model as ``load_model(name_or_path)`` loads it, with ``from_pretrained``'s own keyword arguments
+    (``dtype``, ``device_map``, ``revision``, ...): the entry point of ``AutoModelForCausalLM`` for swapped
+    folders (``mathpe.hf.remote``)."""
+    return _load(name_or_path, config or _load_config(name_or_path), None, {}, **from_pretrained_kwargs)
+
+
+def _load(
+    name_or_path: str,
+    config: PretrainedConfig,
+    pe: str | None,
+    options: dict[str, Any],
+    **from_pretrained_kwargs: Any,
+) -> PreTrainedModel:
+    """``load_model`` once the config is read; ``from_pretrained_kwargs`` go to the family's ``from_pretrained``."""
     family = family_of_config(config)
     saved_pe = getattr(config, CONFIG_PE_KEY, None)
+    if saved_pe is None and isinstance(config, family.swapped_config):
+        raise ValueError(
+            f"{name_or_path!r}: config.json has model type {config.model_type!r} but no {CONFIG_PE_KEY!r}"
+        )
     saved_options = getattr(config, CONFIG_OPTIONS_KEY, None) or {}
     reuse_saved = saved_pe is not None and (pe is None or (pe == saved_pe and options in ({}, saved_options)))
     if reuse_saved:
+        if saved_pe not in list_pes():
+            raise ValueError(
+                f"{name_or_path!r} was saved with PE {saved_pe!r}, which mathpe {__version__} does not have "
+                f"(it has: {', '.join(list_pes())}); install the mathpe version that saved it"
+            )
         pe, options = saved_pe, saved_options
     # Built before the weights load, so a bad PE or option fails fast.
     built = build_model_pe(config, pe, options) if pe is not None else None
     model = _from_pretrained(
-        family, name_or_path, saved_pe is not None, config=config, dtype=dtype, device_map=device
+        family, name_or_path, saved_pe is not None, config=config, **from_pretrained_kwargs
     )
     if built is not None:
         install_pe(model, *built)

@@ -16,6 +16,9 @@ The swap uses no copy of transformers' modeling files, only these extension poin
   adds additive PEs to the token embeddings.
 - The PE is the submodule ``mathpe_pe`` of the base model: ``.to()`` moves it, its parameters are in the
   state dict and trainable, and PEFT's ``modules_to_save=["mathpe_pe"]`` trains and saves it with an adapter.
+- The config becomes a subclass of the family's (``SwappedGPTNeoXConfig``, ``SwappedLlamaConfig``) with a model
+  type of mathpe's own, ``mathpe_gpt_neox`` / ``mathpe_llama``, and records the PE: a saved swapped model is
+  never loaded as the unswapped architecture, and loads with ``trust_remote_code=True`` (``mathpe.remote_code``).
 """
 
 from __future__ import annotations
@@ -30,13 +33,22 @@ import torch
 import transformers
 from packaging.version import Version
 from torch import nn
-from transformers import GPTNeoXForCausalLM, LlamaForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention
 from transformers.models.llama.modeling_llama import LlamaAttention
 
 from mathpe.attention import PEContext, build_pe_context, pe_attention, reorder_pe_cache
 from mathpe.pe import PositionalEncoding, build_pe, list_pes, pe_options
+from mathpe.remote_code import RemoteCodeConfig
 
 #: Supported transformers versions: ``minimum <= version < maximum``.
 TRANSFORMERS_VERSION_RANGE = ("5.0", "6.0")
@@ -132,23 +144,51 @@ class UnusedRotary(nn.Module):
         return None
 
 
+class SwappedGPTNeoXConfig(RemoteCodeConfig, GPTNeoXConfig):
+    """The config of a GPT-NeoX model whose PE mathpe swapped (``config.mathpe_pe``)."""
+
+    model_type = "mathpe_gpt_neox"
+    remote_model_class = "SwappedGPTNeoXLoader"
+
+
+class SwappedLlamaConfig(RemoteCodeConfig, LlamaConfig):
+    """The config of a Llama model whose PE mathpe swapped (``config.mathpe_pe``)."""
+
+    model_type = "mathpe_llama"
+    remote_model_class = "SwappedLlamaLoader"
+
+
 @dataclass(frozen=True)
 class Family:
-    """A supported architecture: its causal-LM class, base-model attribute, swapped attention, LoRA targets."""
+    """A supported architecture: its causal-LM class, base-model attribute, swapped attention and config,
+    LoRA targets."""
 
-    model_type: str
     model_class: type[PreTrainedModel]
     base_attr: str
     swapped_attention: type[nn.Module]
+    swapped_config: type[PretrainedConfig]
     lora_target_modules: tuple[str, ...]
+
+    @property
+    def model_types(self) -> tuple[str, str]:
+        """The model type of the architecture and of its swapped checkpoints."""
+        return self.model_class.config_class.model_type, self.swapped_config.model_type
 
 
 FAMILIES = (
-    Family("gpt_neox", GPTNeoXForCausalLM, "gpt_neox", SwappedGPTNeoXAttention, ("query_key_value",)),
     Family(
-        "llama", LlamaForCausalLM, "model", SwappedLlamaAttention, ("q_proj", "k_proj", "v_proj", "o_proj")
+        GPTNeoXForCausalLM, "gpt_neox", SwappedGPTNeoXAttention, SwappedGPTNeoXConfig, ("query_key_value",)
+    ),
+    Family(
+        LlamaForCausalLM,
+        "model",
+        SwappedLlamaAttention,
+        SwappedLlamaConfig,
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
     ),
 )
+for _family in FAMILIES:
+    AutoConfig.register(_family.swapped_config.model_type, _family.swapped_config, exist_ok=True)
 SUPPORTED_ARCHITECTURES = tuple(family.model_class.__name__ for family in FAMILIES)
 
 
@@ -170,7 +210,7 @@ def family_of(model: nn.Module) -> Family:
 def family_of_config(config: PretrainedConfig) -> Family:
     """The family of a model config (before loading weights); a ValueError as ``family_of`` otherwise."""
     for family in FAMILIES:
-        if config.model_type == family.model_type:
+        if config.model_type in family.model_types:
             return family
     raise _unsupported(f"model type {config.model_type!r}")
 
@@ -351,6 +391,8 @@ def install_pe(
         base.register_forward_pre_hook(_before_forward, with_kwargs=True)
         # generate's beam search reorders the cache through this, PE positions and state included.
         model._reorder_cache = reorder_pe_cache
+    model.config.__class__ = family.swapped_config  # a subclass adding no field: see the module docstring
+    model.config.mark_mathpe_folder()
     setattr(model.config, CONFIG_PE_KEY, name)
     setattr(model.config, CONFIG_OPTIONS_KEY, options)
     return model
@@ -361,7 +403,8 @@ def swap_positional_encoding(model: PreTrainedModel, pe: str, **options: Any) ->
 
     Pretrained weights are kept; the new PE is built on the model's device and dtype, trainable, and stored
     as ``<base model>.mathpe_pe``. The swap is recorded in ``config.mathpe_pe`` / ``config.mathpe_pe_options``
-    (so ``load_model`` re-applies it to a saved model); swapping again replaces the PE. ``rope`` without
+    (so ``load_model`` re-applies it to a saved model) and in the config's class and model type
+    (``SwappedGPTNeoXConfig``, ``mathpe_gpt_neox``); swapping again replaces the PE. ``rope`` without
     options reproduces the model's own RoPE exactly (see ``resolve_pe``).
 
     Args:

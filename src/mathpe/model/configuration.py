@@ -8,11 +8,14 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from mathpe.pe.registry import pe_class, pe_options
+from mathpe.remote_code import RemoteCodeConfig
 
 
 @strict
-class MathPEConfig(PreTrainedConfig):
+class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
     """A pre-LayerNorm causal decoder whose positional encoding is any PE of the zoo.
+
+    Saved folders load outside mathpe's own code too (``mathpe.remote_code``).
 
     Args:
         pe: registry name of the positional encoding (``mathpe.pe.list_pes()``).
@@ -22,6 +25,7 @@ class MathPEConfig(PreTrainedConfig):
     """
 
     model_type = "mathpe"
+    remote_model_class = "MathPEDecoderLoader"
     attribute_map = {"num_hidden_layers": "num_layers", "num_attention_heads": "num_heads"}
 
     pe: str = "rope"
@@ -44,6 +48,9 @@ class MathPEConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs: Any) -> None:
         if self.intermediate_size is None:
             self.intermediate_size = 4 * self.hidden_size
+        pe_class(
+            self.pe
+        )  # here, not in validate_architecture, so an unknown PE is a plain one-line ValueError
         super().__post_init__(**kwargs)
 
     def validate_architecture(self) -> None:

@@ -4,7 +4,8 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
     config.json        every setting, resolved PE options, library versions, seed
     checkpoint-N/      Trainer checkpoints (atomic), for ``--resume``
     runs/              TensorBoard logs
-    model/             the final model and tokenizer (``from_pretrained``-loadable)
+    model/             the final model and tokenizer (``from_pretrained``-loadable), LoRA merged
+    adapter/           LoRA runs of a pretrained model: the adapter in PEFT's format, the PE in modules_to_save
     metrics.json       per dataset: headline metrics, per group, in/out-of-distribution
     predictions.jsonl  one line per evaluation item: prompt, completion, reference, verdicts
     report.md          the tables
@@ -55,6 +56,9 @@ from mathpe.train.trainer import (
 
 logger = logging.getLogger(__name__)
 
+#: The run folder's LoRA adapter (PEFT's format), beside the merged ``model/``.
+ADAPTER_DIR = "adapter"
+
 
 @dataclass
 class RunResult:
@@ -92,6 +96,9 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
     write_json(run_dir / "config.json", run_settings(config, tokenizer, model))
 
     model, train_stats = train(config, model, tokenizer, tasks, progress=progress)
+    # A from-scratch decoder's base weights are saved nowhere, so only a pretrained model's adapter is of use.
+    if config.use_lora and not config.is_preset and train_stats["is_main_process"]:
+        model.save_pretrained(run_dir / ADAPTER_DIR)
     trained = model.merge_and_unload() if config.use_lora else model
     if not train_stats["is_main_process"]:
         return RunResult(run_dir, {}, train_stats)

@@ -84,16 +84,18 @@ def apply_lora(model: PreTrainedModel, config: RunConfig) -> PreTrainedModel:
     """Wrap ``model`` with PEFT LoRA; the PE's parameters stay trainable.
 
     Targets: mathpe's attention and MLP projections, or the pretrained family's usual attention modules
-    (``query_key_value`` for GPT-NeoX, ``q/k/v/o_proj`` for Llama).
+    (``query_key_value`` for GPT-NeoX, ``q/k/v/o_proj`` for Llama). A swapped model's PE is one of PEFT's
+    ``modules_to_save``, so the adapter PEFT saves holds it; the decoder's forward needs the PE module itself
+    (not PEFT's wrapper), so its PE trains in place.
     """
     from peft import LoraConfig, get_peft_model
 
     if isinstance(model, MathPEForCausalLM):
-        targets = MATHPE_LORA_TARGETS
+        targets, modules_to_save = MATHPE_LORA_TARGETS, None
     else:
-        from mathpe.hf import lora_target_modules
+        from mathpe.hf import PE_MODULE_NAME, lora_target_modules
 
-        targets = lora_target_modules(model)
+        targets, modules_to_save = lora_target_modules(model), [PE_MODULE_NAME]
     peft_model = get_peft_model(
         model,
         LoraConfig(
@@ -101,11 +103,13 @@ def apply_lora(model: PreTrainedModel, config: RunConfig) -> PreTrainedModel:
             lora_alpha=config.lora_alpha,
             lora_dropout=0.05,
             target_modules=targets,
+            modules_to_save=modules_to_save,
             task_type="CAUSAL_LM",
         ),
     )
-    for parameter in pe_parameters(peft_model):
-        parameter.requires_grad_(True)
+    if modules_to_save is None:
+        for parameter in pe_parameters(peft_model):
+            parameter.requires_grad_(True)
     return peft_model
 
 
