@@ -4,14 +4,17 @@ alias, meta-device init, checkpointing and cache refusals, generation outputs, a
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers.cache_utils import Cache
 
 from helpers import left_pad, perturb_parameters
 from mathpe import attention
 from mathpe.hf import PE_MODULE_NAME, load_model
+from mathpe.model import MathPEConfig, MathPEForCausalLM, MathPEModel
 from mathpe.pe import list_pes, pe_class
 from test_hf_swap import pe_kwargs, save_tiny, tiny_config
 from test_model import make_model
@@ -211,3 +214,111 @@ def test_attention_weights_are_computed_only_when_asked(checkpoints, kind: str, 
         assert len(calls) == len(attention_modules(model))
         model.set_attn_implementation("eager")  # the explicit path, weights returned though not asked for
         assert len(model(ids).attentions or ()) == 0 and len(calls) == 2 * len(attention_modules(model))
+
+
+# --- 2. past_key_values, meta-device init, AutoModel, checkpointing, static cache, inputs_embeds ---------------
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_past_key_values_alias_decodes_step_by_step_as_the_full_sequence(
+    checkpoints, kind: str, pe: str
+) -> None:
+    """``past_key_values=`` is ``cache=`` with transformers' deprecation warning (as its Llama and GPT-NeoX)."""
+    model = build(checkpoints, kind, pe)
+    ids = prompts(12)[0]
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        out = model(ids[:, :4])
+        steps = [out.logits]
+        with pytest.warns(FutureWarning, match="`past_key_values` is deprecated .* Use `cache` instead"):
+            for index in range(4, ids.shape[1]):
+                out = model(ids[:, index : index + 1], past_key_values=out.cache)
+                steps.append(out.logits)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+def test_meta_device_model_gets_every_pe_tensor_back_from_init_weights(pe: str) -> None:
+    config = make_model(pe).config
+    reference = MathPEForCausalLM(config)
+    with torch.device("meta"):
+        model = MathPEForCausalLM(config)
+    model.to_empty(device="cpu")
+    with torch.no_grad():  # whatever to_empty left, make it visibly wrong
+        for tensor in model.state_dict().values():
+            tensor.fill_(
+                True if tensor.dtype == torch.bool else float("nan") if tensor.is_floating_point() else 7
+            )
+    model.init_weights()
+    pe_module, reference_pe = model.model.pe, reference.model.pe
+    for name, buffer in reference_pe.named_buffers():
+        assert torch.equal(pe_module.get_buffer(name), buffer), name
+    for name, parameter in reference_pe.named_parameters():
+        restored = pe_module.get_parameter(name)
+        assert torch.isfinite(restored).all(), name
+        if (parameter == parameter.flatten()[0]).all():  # a constant initialisation (ones, zeros): exactly it
+            assert torch.equal(restored, parameter), name
+    assert all(torch.isfinite(parameter).all() for parameter in model.parameters())
+    ids = prompts(10)[0]
+    with torch.no_grad():
+        assert torch.isfinite(model(ids).logits).all()
+
+
+def test_auto_model_from_config_builds_the_base_model() -> None:
+    assert isinstance(AutoModel.from_config(MathPEConfig()), MathPEModel)
+    assert isinstance(AutoModel.from_config(MathPEConfig(pe="alibi", num_layers=1)).pe, pe_class("alibi"))
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+def test_reentrant_checkpointing_works_or_is_refused_up_front(pe: str) -> None:
+    model = make_model(pe).train()
+    ids = torch.cat(prompts(12, 12, seed=3))
+
+    def loss_and_grads() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(0)  # the same training-time randomness (abacus offsets) in both runs
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    loss, grads = loss_and_grads()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    try:
+        model(ids, labels=ids)
+    except ValueError as error:  # refused in the forward, before any backward, with one line
+        assert "use_reentrant" in str(error) and "\n" not in str(error)
+        return
+    checkpointed_loss, checkpointed_grads = loss_and_grads()
+    torch.testing.assert_close(checkpointed_loss, loss)
+    assert checkpointed_grads.keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_static_cache_is_refused_up_front(checkpoints, kind: str, pe: str) -> None:
+    model = build(checkpoints, kind, pe)
+    ids = prompts(6)[0]
+    with pytest.raises(ValueError, match=r"^mathpe models do not support a static cache \(StaticCache"):
+        model.generate(ids, max_new_tokens=3, cache_implementation="static", pad_token_id=PAD)
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_token_aware_pe_warns_when_given_inputs_embeds_without_input_ids(
+    checkpoints, kind: str, pe: str
+) -> None:
+    model = build(checkpoints, kind, pe)
+    ids = prompts(6)[0]
+    embeds = model.get_input_embeddings()(ids).detach()
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always")
+        model(inputs_embeds=embeds)
+        model(ids)
+    messages = [str(warning.message) for warning in caught if "reads token ids" in str(warning.message)]
+    expected = [f"PE {pe!r} reads token ids but got inputs_embeds without input_ids"] * pe_class(
+        pe
+    ).uses_token_ids
+    assert [message.split(":")[0] for message in messages] == expected

@@ -120,23 +120,22 @@ class MathPEPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise the transformer's own layers; a PE gets the tensors its constructor makes.
+        """Initialise the transformer's own layers; a PE (or a submodule of it) gets the tensors its constructor
+        makes (``PositionalEncoding.initial_tensors``).
 
         A PE built normally is marked initialised when built (``MathPEModel``), so only a PE without values (built
         on the meta device, then ``to_empty()``) or with tensors missing from a checkpoint is re-initialised.
         """
-        if isinstance(module, PositionalEncoding):
-            initial = module.initial_tensors()
-            for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-                init.copy_(tensor, initial[name])
-            return
-        if any(
-            module is part
-            for pe in self.modules()
-            if isinstance(pe, PositionalEncoding)
-            for part in pe.modules()
-        ):
-            return
+        for pe in self.modules():
+            if not isinstance(pe, PositionalEncoding):
+                continue
+            for prefix, part in pe.named_modules():
+                if part is module:
+                    own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+                    initial = pe.initial_tensors() if own else {}
+                    for name, tensor in own:
+                        init.copy_(tensor, initial[f"{prefix}.{name}" if prefix else name])
+                    return
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
