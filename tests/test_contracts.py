@@ -4,10 +4,12 @@ alias, meta-device init, checkpointing and cache refusals, generation outputs, a
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import pytest
 import torch
+from peft import PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from transformers import AutoModel, PreTrainedModel
 from transformers.cache_utils import Cache
 
@@ -322,3 +324,126 @@ def test_token_aware_pe_warns_when_given_inputs_embeds_without_input_ids(
         pe
     ).uses_token_ids
     assert [message.split(":")[0] for message in messages] == expected
+
+
+# --- 3. generation outputs, assisted decoding, PEFT -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_generate_returns_scores_attentions_and_hidden_states(checkpoints, kind: str, pe: str) -> None:
+    model = build(checkpoints, kind, pe)
+    ids, mask = left_pad(prompts(7, 4, seed=5), PAD)
+    layers, heads, new = model.config.num_hidden_layers, model.config.num_attention_heads, 4
+    for strategy in (
+        {"do_sample": False},
+        {"do_sample": True, "top_k": 4},
+        {"num_beams": 2, "do_sample": False},
+    ):
+        options = {"max_new_tokens": new, "min_new_tokens": new, "pad_token_id": PAD, **strategy}
+        torch.manual_seed(0)
+        plain = model.generate(ids, attention_mask=mask, **options)
+        torch.manual_seed(0)
+        out = model.generate(
+            ids,
+            attention_mask=mask,
+            output_scores=True,
+            output_attentions=True,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            **options,
+        )
+        assert torch.equal(out.sequences, plain), strategy  # the explicit attention path decodes the same
+        rows = ids.shape[0] * strategy.get("num_beams", 1)
+        assert len(out.scores) == new and out.scores[0].shape == (rows, model.config.vocab_size)
+        assert len(out.attentions) == new and len(out.hidden_states) == new
+        for step, (attentions, hidden_states) in enumerate(
+            zip(out.attentions, out.hidden_states, strict=True)
+        ):
+            queries, keys = (ids.shape[1], ids.shape[1]) if step == 0 else (1, ids.shape[1] + step)
+            assert len(attentions) == layers and len(hidden_states) == layers + 1
+            assert attentions[0].shape == (rows, heads, queries, keys)
+            assert hidden_states[-1].shape == (rows, queries, model.config.hidden_size)
+
+
+def counting_crops(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record how many tokens each ``Cache.crop`` removes."""
+    removed: list[int] = []
+    crop = Cache.crop
+
+    def recording_crop(cache: Cache, tokens_to_remove: int) -> None:
+        removed.append(-tokens_to_remove)
+        crop(cache, tokens_to_remove)
+
+    monkeypatch.setattr(Cache, "crop", recording_crop)
+    return removed
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_assisted_decoding_equals_greedy_decoding(checkpoints, kind: str, pe: str, monkeypatch) -> None:
+    """A different assistant proposes candidates the model rejects: both caches are cropped, and the PE's cached
+    positions and state must rewind with them."""
+    model = build(checkpoints, kind, pe)
+    assistant = copy.deepcopy(model)
+    perturb_parameters(assistant, scale=0.1)
+    ids = prompts(6, seed=7)[0]
+    options = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False, "pad_token_id": PAD}
+    greedy = model.generate(ids, **options)
+    removed = counting_crops(monkeypatch)
+    assisted = model.generate(ids, assistant_model=assistant, **options)
+    assert any(removed), "no candidate was rejected: the test would not exercise cropping"
+    assert torch.equal(assisted, greedy)
+    out = model.generate(
+        ids, assistant_model=assistant, output_attentions=True, return_dict_in_generate=True, **options
+    )
+    assert torch.equal(out.sequences, greedy)
+    assert len(out.attentions) == 12 and out.attentions[-1][0].shape[-1] == ids.shape[1] + 11
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("kind", MODELS)
+def test_cropped_cache_continues_as_if_the_removed_tokens_never_came(checkpoints, kind: str, pe: str) -> None:
+    """What assisted decoding does: a forward over accepted and rejected tokens, ``cache.crop`` of the rejected
+    ones mid-forward, then decoding on. The digit run open at the crop continues after it (10-12 are digits for
+    every test model), so a PE state that did not rewind gives other logits."""
+    model = build(checkpoints, kind, pe)
+    ids = torch.tensor([[2, 13, 14, 2, 10, 2, 11, 12, 10, 11, 2, 12, 10, 2]])
+    rejected = torch.tensor([[12, 11, 10]])
+    with torch.no_grad():
+        full = model(ids, use_cache=False).logits
+        cache = model(ids[:, :6]).cache
+        chunk = model(torch.cat([ids[:, 6:9], rejected], 1), cache=cache)
+        chunk.cache.crop(-rejected.shape[1])
+        steps, cache = [chunk.logits[:, :3]], chunk.cache
+        for index in range(9, ids.shape[1]):
+            out = model(ids[:, index : index + 1], cache=cache)
+            steps.append(out.logits)
+            cache = out.cache
+    torch.testing.assert_close(torch.cat(steps, 1), full[:, 6:], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("pe", ALL_PES)
+@pytest.mark.parametrize("method", ["prefix", "prompt"])
+def test_peft_prefix_and_prompt_tuning_train_a_step_on_the_decoder(pe: str, method: str) -> None:
+    """Prefix tuning passes its virtual keys and values as ``past_key_values`` (tokens the PE never saw: they get
+    positions from the mask), prompt tuning passes ``inputs_embeds``; the virtual tokens must change the logits
+    and one optimiser step must train them."""
+    config_class = PrefixTuningConfig if method == "prefix" else PromptTuningConfig
+    model = get_peft_model(make_model(pe), config_class(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    ids = torch.cat(prompts(8, 8, seed=11))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    trained = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    before = [parameter.detach().clone() for parameter in trained]
+    optimizer = torch.optim.AdamW(trained, lr=1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # past_key_values deprecation; token-aware PEs given inputs_embeds
+        with torch.no_grad(), model.disable_adapter():
+            base_logits = model(**batch).logits
+        model.train()
+        out = model(**batch)
+        out.loss.backward()
+        optimizer.step()
+    assert torch.isfinite(out.loss)
+    assert not torch.allclose(out.logits[:, -ids.shape[1] :], base_logits[:, -ids.shape[1] :])
+    assert all(not torch.equal(parameter, old) for parameter, old in zip(trained, before, strict=True))
