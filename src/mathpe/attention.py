@@ -95,14 +95,14 @@ class PECacheRecord:
 
     def truncated(self, length: int, pe: PositionalEncoding) -> PECacheRecord:
         """The record of the first ``length`` cached tokens (the cache was cropped to ``length``)."""
-        kept_states = self.positions.shape[1] - self.unseen - (self.positions.shape[1] - length)
+        kept_states = length - self.unseen  # seen tokens that stay
+        if kept_states <= 0:
+            return PECacheRecord(self.positions[:, :length], unseen=length)
         if self.state is not None and self.token_states is None:
             raise ValueError(
                 f"the cache was cropped, but PE {pe.registry_name!r} carries state across cached steps and defines "
                 "no token_states to rewind it"
             )
-        if kept_states <= 0:
-            return PECacheRecord(self.positions[:, :length], unseen=length)
         token_states = _map_state(lambda tensor: tensor[:, :kept_states], self.token_states)
         return PECacheRecord(
             self.positions[:, :length],
