@@ -1,4 +1,5 @@
-"""The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``verify``, ``bench``, ``export``.
+"""The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``pretrain``, ``swap-study``, ``verify``, ``bench``,
+``export``, ``attention``.
 
 Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length) ends with
 a one-line ``mathpe: error: ...`` and exit status 2, never a traceback.
@@ -294,6 +295,16 @@ def command_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_attention(args: argparse.Namespace) -> int:
+    from mathpe.eval.attention_maps import write_attention_png
+
+    maps = write_attention_png(
+        Path(args.source), args.prompt, Path(args.output), layers=args.layers, heads=args.heads
+    )
+    print(f"{len(maps)} attention maps: {args.output}")
+    return 0
+
+
 def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
     """The argument parser; ``compare_defaults`` are a ``--preset``'s settings (user flags still win)."""
     parser = argparse.ArgumentParser(
@@ -373,6 +384,14 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
         help="cast the weights (default: keep)",
     )
     export.set_defaults(handler=command_export)
+
+    attention = commands.add_parser("attention", help="plot a model's attention maps over a prompt (PNG)")
+    attention.add_argument("source", help="a run folder (its model/) or a saved model folder")
+    attention.add_argument("--prompt", required=True, help="the text, e.g. '12+34='")
+    attention.add_argument("--layers", type=int_list, default=None, help="e.g. 0,1 (default: all)")
+    attention.add_argument("--heads", type=int_list, default=None, help="e.g. 0-3 (default: all)")
+    attention.add_argument("--output", default="attention.png", help="the PNG to write")
+    attention.set_defaults(handler=command_attention)
     return parser
 
 

@@ -46,7 +46,13 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXAttention
 from transformers.models.llama.modeling_llama import LlamaAttention
 
-from mathpe.attention import PEContext, build_pe_context, pe_attention, reorder_pe_cache
+from mathpe.attention import (
+    build_pe_context,
+    check_reentrant_checkpointing,
+    pe_attention,
+    reorder_pe_cache,
+    wants_attention_weights,
+)
 from mathpe.pe import PositionalEncoding, build_pe, list_pes, pe_options
 from mathpe.remote_code import RemoteCodeConfig
 
@@ -89,14 +95,15 @@ def _attend(
     hidden_states: torch.Tensor,
     cache: Cache | None,
     kwargs: dict[str, Any],
-) -> torch.Tensor:
-    """q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim) -> (batch, seq, heads * head_dim)."""
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """q (batch, heads, seq, head_dim), k and v (batch, kv_heads, seq, head_dim) -> (batch, seq, heads * head_dim),
+    and the (batch, heads, seq, past + seq) attention probabilities when the context asks for them (else None)."""
     context = kwargs.get(CONTEXT_KWARG)
     if context is None:
         raise RuntimeError(
             f"{type(module).__name__} runs only inside its model's forward, which builds the PE context"
         )
-    output = pe_attention(
+    output, weights = pe_attention(
         query,
         key,
         value,
@@ -107,7 +114,7 @@ def _attend(
         dropout=module.attention_dropout if module.training else 0.0,
         scale=module.scaling,
     )
-    return output.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
+    return output.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1), weights
 
 
 class SwappedGPTNeoXAttention(GPTNeoXAttention):
@@ -115,12 +122,14 @@ class SwappedGPTNeoXAttention(GPTNeoXAttention):
 
     def forward(
         self, hidden_states: torch.Tensor, layer_past: Cache | None = None, **kwargs: Any
-    ) -> tuple[torch.Tensor, None]:
-        """(batch, seq, hidden) -> ((batch, seq, hidden), None); transformers' mask and rotary inputs are ignored."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, seq, hidden) -> ((batch, seq, hidden), probabilities or None), as transformers' attention
+        returns them (its ``capture_outputs`` records them); transformers' mask and rotary inputs are ignored."""
         # The fused projection holds [q | k | v] per head: (batch, seq, heads, 3 * head_size), as in transformers.
         qkv = self.query_key_value(hidden_states).view(*hidden_states.shape[:-1], -1, 3 * self.head_size)
         query, key, value = qkv.transpose(1, 2).chunk(3, dim=-1)
-        return self.dense(_attend(self, query, key, value, hidden_states, layer_past, kwargs)), None
+        output, weights = _attend(self, query, key, value, hidden_states, layer_past, kwargs)
+        return self.dense(output), weights
 
 
 class SwappedLlamaAttention(LlamaAttention):
@@ -128,13 +137,15 @@ class SwappedLlamaAttention(LlamaAttention):
 
     def forward(
         self, hidden_states: torch.Tensor, cache: Cache | None = None, **kwargs: Any
-    ) -> tuple[torch.Tensor, None]:
-        """(batch, seq, hidden) -> ((batch, seq, hidden), None); transformers' mask and rotary inputs are ignored."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, seq, hidden) -> ((batch, seq, hidden), probabilities or None), as transformers' attention
+        returns them (its ``capture_outputs`` records them); transformers' mask and rotary inputs are ignored."""
         shape = (*hidden_states.shape[:-1], -1, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        return self.o_proj(_attend(self, query, key, value, hidden_states, cache, kwargs)), None
+        output, weights = _attend(self, query, key, value, hidden_states, cache, kwargs)
+        return self.o_proj(output), weights
 
 
 class UnusedRotary(nn.Module):
@@ -278,20 +289,6 @@ def _forward_parameter_names(model_class: type[nn.Module]) -> tuple[str, ...]:
     return tuple(inspect.signature(model_class.forward).parameters)[1:]
 
 
-def _check_reentrant_checkpointing(base: PreTrainedModel, context: PEContext) -> None:
-    """Reentrant gradient checkpointing backpropagates each layer separately, so it cannot go twice through
-    tables that all layers share and that depend on trainable PE weights: raise a clear error, not torch's."""
-    checkpoint = getattr(base, "_gradient_checkpointing_func", None)
-    if not (isinstance(checkpoint, functools.partial) and checkpoint.keywords.get("use_reentrant", False)):
-        return
-    shared = [context.cos, context.sin, context.attn_mask, *context.extra.values()]
-    if any(isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in shared):
-        raise ValueError(
-            f"PE {context.pe.registry_name!r} with trainable weights needs non-reentrant gradient checkpointing; "
-            "enable it without use_reentrant=True (transformers' default is use_reentrant=False)"
-        )
-
-
 def _before_forward(
     base: PreTrainedModel, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[()], dict[str, Any]]:
@@ -326,9 +323,10 @@ def _before_forward(
         attention_mask=kwargs.get("attention_mask"),
         position_ids=kwargs.get("position_ids"),
         cache=cache,
+        output_attentions=wants_attention_weights(base.config, kwargs),
     )
     if checkpointing:
-        _check_reentrant_checkpointing(base, context)
+        check_reentrant_checkpointing(base, context)
     if context.embedding is not None:
         inputs_embeds = inputs_embeds + context.embedding
     kwargs.update(

@@ -3,6 +3,12 @@
 Read top to bottom: ``MathPEAttention`` -> ``MathPEMLP`` -> ``MathPEBlock`` -> ``MathPEModel`` ->
 ``MathPEForCausalLM``. The PE is one module owned by ``MathPEModel``; ``build_pe_context`` computes its
 tables once per forward and every layer reads them (``mathpe.attention``).
+
+Outputs follow transformers' conventions through its own decorators: ``capture_outputs`` records
+``hidden_states`` (the embeddings, then each block's output, the last one after the final norm) and
+``attentions`` (each attention module's probabilities) when asked, ``can_return_tuple`` honours
+``return_dict=False``, and ``past_key_values=`` is accepted as the deprecated name of ``cache``, as in
+transformers' Llama and GPT-NeoX.
 """
 
 from __future__ import annotations
@@ -12,11 +18,23 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
 
-from mathpe.attention import PEContext, build_pe_context, pe_attention, reorder_pe_cache
+from mathpe.attention import (
+    PEContext,
+    build_pe_context,
+    check_reentrant_checkpointing,
+    pe_attention,
+    reorder_pe_cache,
+    wants_attention_weights,
+)
 from mathpe.model.configuration import MathPEConfig
 from mathpe.pe import PositionalEncoding, build_pe
 
@@ -33,12 +51,15 @@ class MathPEAttention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor, context: PEContext, cache: Cache | None) -> torch.Tensor:
-        """(batch, seq, hidden) -> (batch, seq, hidden)."""
+    def forward(
+        self, hidden_states: torch.Tensor, context: PEContext, cache: Cache | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(batch, seq, hidden) -> (batch, seq, hidden), and the (batch, heads, seq, past + seq) attention
+        probabilities when ``context.output_attentions`` (None otherwise)."""
         batch, seq, _ = hidden_states.shape
         qkv = self.qkv_proj(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
-        output = pe_attention(
+        output, weights = pe_attention(
             query,
             key,
             value,
@@ -48,7 +69,7 @@ class MathPEAttention(nn.Module):
             hidden_states=hidden_states,
             dropout=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(output.transpose(1, 2).reshape(batch, seq, -1))
+        return self.out_proj(output.transpose(1, 2).reshape(batch, seq, -1)), weights
 
 
 class MathPEMLP(nn.Module):
@@ -76,7 +97,8 @@ class MathPEBlock(GradientCheckpointingLayer):
     def forward(
         self, hidden_states: torch.Tensor, context: PEContext, cache: Cache | None = None
     ) -> torch.Tensor:
-        hidden_states = hidden_states + self.dropout(self.attn(self.attn_norm(hidden_states), context, cache))
+        attention_output, _ = self.attn(self.attn_norm(hidden_states), context, cache)
+        hidden_states = hidden_states + self.dropout(attention_output)
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
@@ -87,26 +109,42 @@ class MathPEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["MathPEBlock"]
     _supports_sdpa = True
+    _can_record_outputs = {"hidden_states": MathPEBlock, "attentions": MathPEAttention}
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        """``set_attn_implementation("eager" | "sdpa")`` works: each forward reads ``config._attn_implementation``
+        (transformers' heuristic looks for its attention interface in this file's source, which mathpe has no use
+        for)."""
+        return True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """Initialise the transformer's own layers; PEs keep the initialisation their methods define."""
-        if any(
-            module is part
-            for pe in self.modules()
-            if isinstance(pe, PositionalEncoding)
-            for part in pe.modules()
-        ):
-            return
+        """Initialise the transformer's own layers; a PE (or a submodule of it) gets the tensors its constructor
+        makes (``PositionalEncoding.initial_tensors``).
+
+        A PE built normally is marked initialised when built (``MathPEModel``), so only a PE without values (built
+        on the meta device, then ``to_empty()``) or with tensors missing from a checkpoint is re-initialised.
+        """
+        for pe in self.modules():
+            if not isinstance(pe, PositionalEncoding):
+                continue
+            for prefix, part in pe.named_modules():
+                if part is module:
+                    own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+                    initial = pe.initial_tensors() if own else {}
+                    for name, tensor in own:
+                        init.copy_(tensor, initial[f"{prefix}.{name}" if prefix else name])
+                    return
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            init.normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.initializer_range)
+            init.normal_(module.weight, std=self.config.initializer_range)
         elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
 
 
 class MathPEModel(MathPEPreTrainedModel):
@@ -127,6 +165,9 @@ class MathPEModel(MathPEPreTrainedModel):
         self.layers = nn.ModuleList(MathPEBlock(config, i) for i in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
+        if not any(tensor.is_meta for tensor in self.pe.state_dict().values()):
+            for part in self.pe.modules():  # built with its method's initialisation: post_init keeps it
+                part._is_hf_initialized = True
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -135,6 +176,9 @@ class MathPEModel(MathPEPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embed_tokens = value
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @merge_with_config_defaults
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -145,12 +189,13 @@ class MathPEModel(MathPEPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
-        """input_ids (batch, seq) or inputs_embeds (batch, seq, hidden); attention_mask (batch, past + seq)."""
+        """input_ids (batch, seq) or inputs_embeds (batch, seq, hidden); attention_mask (batch, past + seq).
+
+        ``output_attentions=True`` (or ``attn_implementation="eager"``) computes attention explicitly and
+        returns the probabilities; ``output_hidden_states`` and ``return_dict`` as in transformers.
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.gradient_checkpointing and self.training:
-            use_cache = False
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
         if use_cache and cache is None:
@@ -165,7 +210,10 @@ class MathPEModel(MathPEPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             cache=cache,
+            output_attentions=wants_attention_weights(self.config, kwargs),
         )
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            check_reentrant_checkpointing(self, context)
         hidden_states = inputs_embeds if context.embedding is None else inputs_embeds + context.embedding
         hidden_states = self.dropout(hidden_states)
         for layer in self.layers:
@@ -190,6 +238,8 @@ class MathPEForCausalLM(MathPEPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Linear) -> None:
         self.lm_head = new_embeddings
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -210,6 +260,7 @@ class MathPEForCausalLM(MathPEPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
@@ -220,7 +271,13 @@ class MathPEForCausalLM(MathPEPreTrainedModel, GenerationMixin):
             loss = self.loss_function(
                 logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=outputs.cache)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
         return reorder_pe_cache(cache, beam_idx)

@@ -181,6 +181,12 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         extra["digit_offset"] = offset[:, None].expand_as(extra["digit_runs"])
         return extra, {"runs": runs_carry, "offset": offset}
 
+    def token_states(
+        self, extra: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Run length and offset after each token, both (batch, seq)."""
+        return {"runs": extra["digit_runs"], "offset": extra["digit_offset"]}
+
     def embed(
         self,
         position_ids: torch.Tensor,

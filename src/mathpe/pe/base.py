@@ -15,7 +15,14 @@ Token-aware PEs (digit places, contextual positions) derive extra per-token inpu
 embeddings in ``prepare``. ``prepare`` runs once per forward at model level; it receives the ``state``
 returned by the previous forward of the same cached generation, so a PE whose per-token inputs depend on
 earlier tokens (the length of the current digit run, a running count) stays exact during cached decoding.
-The dict it returns is passed as keyword arguments to ``embed`` / ``apply`` / ``bias``.
+The dict it returns is passed as keyword arguments to ``embed`` / ``apply`` / ``bias``. A PE that carries state
+also gives it per token (``token_states``), so a cache cropped back by a few tokens (assisted decoding rejecting
+candidates) resumes from the state at its last kept token.
+
+Re-initialisation: a PE records the keyword arguments it was built with (``constructor_options``), so
+``initial_tensors`` rebuilds it and gives the parameters and buffers its constructor makes; a model built on
+the meta device and materialised with ``to_empty()`` gets them back from ``init_weights()``. Nothing to do for
+a new PE, as long as its constructor sets every tensor.
 
 Conventions every PE keeps:
 - All state is parameters or persistent buffers, so ``.to(device)`` / ``.to(dtype)`` moves everything,
@@ -71,6 +78,12 @@ class PositionalEncoding(nn.Module):
     float32_buffers: ClassVar[tuple[str, ...]] = ()
     float32_parameters: ClassVar[tuple[str, ...]] = ()
 
+    def __new__(cls, *args: Any, **options: Any) -> PositionalEncoding:
+        """Record the constructor's keyword arguments (``constructor_options``) for ``initial_tensors``."""
+        instance = super().__new__(cls)
+        instance.__dict__["constructor_options"] = dict(options)
+        return instance
+
     def __init__(self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int) -> None:
         super().__init__()
         for name, value in (
@@ -123,6 +136,29 @@ class PositionalEncoding(nn.Module):
             ``bias``; ``new_state`` must support ``index_select`` along batch (see ``reorder_state``).
         """
         return {}, None
+
+    def token_states(self, extra: dict[str, torch.Tensor], state: Any) -> Any:
+        """The state ``prepare`` would have returned after each token of its forward, for cropped caches.
+
+        Args:
+            extra, state: what ``prepare`` returned for a forward of ``seq`` tokens.
+
+        Returns:
+            None when ``state`` is None (nothing carried); otherwise the state with a token dim after batch
+            (tensors (batch, seq, ...), or a dict of them) whose ``[:, t]`` is the state after token ``t``
+            (so ``[:, -1]`` is ``state``). A PE that carries state and does not override this returns None:
+            its caches cannot be cropped (a clear error then).
+        """
+        return None
+
+    def initial_tensors(self) -> dict[str, torch.Tensor]:
+        """Parameters and buffers (by name) of a freshly built copy of this PE, on the CPU.
+
+        ``init_weights`` copies them into a PE whose tensors are uninitialised (built on the meta device).
+        """
+        with torch.device("cpu"):
+            fresh = type(self)(**self.constructor_options)
+        return {**dict(fresh.named_parameters()), **dict(fresh.named_buffers())}
 
     @staticmethod
     def reorder_state(state: Any, batch_index: torch.Tensor) -> Any:

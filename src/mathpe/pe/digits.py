@@ -81,3 +81,7 @@ class DigitRunsMixin:
             is_digit = is_digit & attention_mask.bool()
         runs = digit_run_lengths(is_digit, state)
         return {"digit_runs": runs}, runs[:, -1]
+
+    def token_states(self, extra: dict[str, torch.Tensor], state: torch.Tensor | None) -> torch.Tensor | None:
+        """(batch, seq): the carried run length after each token is that token's run length."""
+        return None if state is None else extra["digit_runs"]

@@ -213,6 +213,10 @@ class MathAdaptive(RotaryEncoding):
             shift = phase_shift(self.phase_steps(inputs_embeds, attention_mask), attention_mask, state)
         return {"position_shift": shift}, shift[:, -1]
 
+    def token_states(self, extra: dict[str, torch.Tensor], state: torch.Tensor | None) -> torch.Tensor | None:
+        """(batch, seq, pairs): the carried shift after each token is that token's shift."""
+        return None if state is None else extra["position_shift"]
+
     def angles(self, position_ids: torch.Tensor, position_shift: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, seq) positions -> (batch, seq, rotary_dim // 2) float32 angles.
 
