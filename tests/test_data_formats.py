@@ -68,6 +68,8 @@ def test_hints_change_the_text_not_the_problems():
 def test_a_number_past_the_hint_alphabet_is_a_clear_error():
     with pytest.raises(ValueError, match=r"index hints cover 52 digits, but .* needs 53"):
         format_example(REVERSED, 10**52, 1)
+    with pytest.raises(ValueError, match=r"hint_start must be >= 0, got -1"):
+        format_example(REVERSED, 1, 1, hint_start=-1)
 
 
 def test_tokenizer_adds_hint_tokens_after_the_default_ones_and_round_trips(tmp_path):

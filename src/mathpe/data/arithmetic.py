@@ -144,6 +144,8 @@ def format_example(task: ArithmeticTask, a: int, b: int, hint_start: int = 0) ->
         raise ValueError(f"operands must be non-negative integers, got a={a}, b={b}")
     if task.op == "sub" and a < b:
         raise ValueError(f"subtraction needs a >= b to stay non-negative, got a={a}, b={b}")
+    if hint_start < 0:
+        raise ValueError(f"hint_start must be >= 0, got {hint_start}")
     result = compute(task.op, a, b)
     operand_digits = max(len(str(a)), len(str(b)))
     operand_width = operand_digits if task.zero_pad else 0
