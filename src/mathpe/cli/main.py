@@ -110,6 +110,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--format", choices=("reversed", "plain"), default="reversed", help="arithmetic answer format"
     )
+    data.add_argument(
+        "--index_hints",
+        action="store_true",
+        help="arithmetic: a hint letter of its significance before every digit (a3b2c1+a5b4=a8b6c1)",
+    )
 
     training = parser.add_argument_group("training")
     training.add_argument("--batch_size", type=int, default=32)
@@ -195,6 +200,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
             eval_lengths=args.eval_lengths,
             fmt="plain" if args.format == "plain" else "reversed",
             reverse_operands=args.format == "reversed",
+            index_hints=args.index_hints,
         ),
     ).validate()
 

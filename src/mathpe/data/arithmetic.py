@@ -10,6 +10,12 @@ numbers with that many digits (``0``-``9`` for one digit). The digit length of a
 operand's digit count. Subtraction keeps ``a >= b`` so results are non-negative. A task may give the
 second operand a digit range of its own (``second_digits=(1, 1)``: an n-digit number times one digit).
 
+Index hints (Zhou et al. 2024, arXiv 2402.09371): with ``index_hints`` every digit is preceded by a hint
+letter naming its significance (``"a3b2c1+a5b4=a8b6c1"`` for 123 + 45 reversed), so digits of equal place
+value can be matched by content. The hints of an example are consecutive letters of ``INDEX_HINTS`` from a
+start drawn uniformly in training (every hint up to the alphabet's end gets trained, so longer test numbers
+find trained hints) and fixed at the first letter in evaluation.
+
 Evaluation sets are built per operand length (both operands exactly that long, or the first that long and
 the second drawn from ``second_digits``) and generated before the training set, which excludes every
 ``(a, op, b)`` they hold: a train split never contains a test problem.
@@ -18,6 +24,7 @@ the second drawn from ``second_digits``) and generated before the training set, 
 from __future__ import annotations
 
 import random
+import string
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -29,6 +36,8 @@ ProblemKey = tuple[int, str, int]
 OPERATION_SYMBOLS: dict[str, str] = {"add": "+", "sub": "-", "mul": "*"}
 ANSWER_FORMATS: tuple[str, ...] = ("plain", "reversed")
 MAX_REJECTIONS = 10_000
+#: Hint letters in significance order: ``a`` for the units digit at hint start 0, then ``b``, ... ``Z``.
+INDEX_HINTS = string.ascii_lowercase + string.ascii_uppercase
 
 
 @dataclass(frozen=True)
@@ -39,7 +48,8 @@ class ArithmeticTask:
     ``reverse_operands`` reverses the operands too; ``zero_pad`` pads both operands to the longer one's
     length and the answer to the longest result that length allows (n+1 digits for ``add``, n for ``sub``,
     2n for ``mul``), so digits of equal significance line up. ``second_digits`` is the second operand's
-    digit range when it differs from the first's (None: the same range).
+    digit range when it differs from the first's (None: the same range). ``index_hints`` puts a hint letter
+    of the digit's significance before every digit (module docstring).
     """
 
     op: Operation
@@ -49,6 +59,7 @@ class ArithmeticTask:
     zero_pad: bool = False
     reverse_operands: bool = False
     second_digits: tuple[int, int] | None = None
+    index_hints: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in OPERATION_SYMBOLS:
@@ -126,19 +137,23 @@ def compute(op: Operation, a: int, b: int) -> int:
     return a * b
 
 
-def format_example(task: ArithmeticTask, a: int, b: int) -> Example:
-    """The example for ``a op b`` in the task's text format."""
+def format_example(task: ArithmeticTask, a: int, b: int, hint_start: int = 0) -> Example:
+    """The example for ``a op b`` in the task's text format; with index hints, the units digits' hint is
+    ``INDEX_HINTS[hint_start]``."""
     if a < 0 or b < 0:
         raise ValueError(f"operands must be non-negative integers, got a={a}, b={b}")
     if task.op == "sub" and a < b:
         raise ValueError(f"subtraction needs a >= b to stay non-negative, got a={a}, b={b}")
+    if hint_start < 0:
+        raise ValueError(f"hint_start must be >= 0, got {hint_start}")
     result = compute(task.op, a, b)
     operand_digits = max(len(str(a)), len(str(b)))
     operand_width = operand_digits if task.zero_pad else 0
     answer_width = _max_result_digits(task.op, operand_digits) if task.zero_pad else 0
-    left, right = (_write_number(n, operand_width, task.reverse_operands) for n in (a, b))
+    hints = hint_start if task.index_hints else None
+    left, right = (_write_number(n, operand_width, task.reverse_operands, hints) for n in (a, b))
     prompt = f"{left}{task.symbol}{right}="
-    answer = _write_number(result, answer_width, task.fmt == "reversed")
+    answer = _write_number(result, answer_width, task.fmt == "reversed", hints)
     return Example(prompt, answer, operand_digits, a, b, result, task.op)
 
 
@@ -156,9 +171,13 @@ def generate_examples(
     """
     _check_count(n)
     rng = random.Random(f"{seed}:{task.op}:train")
+    # Hint starts come from a generator of their own: a seed draws the same problems with and without hints.
+    hint_rng = random.Random(f"{seed}:{task.op}:hints")
     lengths, second_lengths = range(task.min_digits, task.max_digits + 1), task.second_lengths()
     return [
-        _draw_example(task, rng, lambda rng: (rng.choice(lengths), rng.choice(second_lengths)), exclude)
+        _draw_example(
+            task, rng, lambda rng: (rng.choice(lengths), rng.choice(second_lengths)), exclude, hint_rng
+        )
         for _ in range(n)
     ]
 
@@ -203,13 +222,20 @@ def _draw_example(
     rng: random.Random,
     draw_lengths: Callable[[random.Random], tuple[int, int]],
     exclude: Collection[ProblemKey] = frozenset(),
+    hint_rng: random.Random | None = None,
 ) -> Example:
+    """A problem drawn with ``draw_lengths`` and not in ``exclude``. With the task's index hints and a
+    ``hint_rng`` (training), the hint start is uniform over the starts that keep the example's hints within
+    ``INDEX_HINTS``; without ``hint_rng`` (evaluation) it is 0."""
     for _ in range(MAX_REJECTIONS):
         a, b = (_uniform_with_digits(rng, length) for length in draw_lengths(rng))
         if task.op == "sub" and a < b:
             a, b = b, a
         if (a, task.symbol, b) not in exclude:
-            return format_example(task, a, b)
+            if not (task.index_hints and hint_rng is not None):
+                return format_example(task, a, b)
+            last_start = len(INDEX_HINTS) - _longest_number(task, a, b)
+            return format_example(task, a, b, hint_rng.randrange(max(last_start, 0) + 1))
     raise ValueError(
         f"no {task.op} problem with {task.min_digits}-{task.max_digits} digits left after excluding "
         f"{len(exclude)} held-out problems ({MAX_REJECTIONS} draws rejected)"
@@ -230,9 +256,25 @@ def _max_result_digits(op: Operation, operand_digits: int) -> int:
     return {"add": operand_digits + 1, "sub": operand_digits, "mul": 2 * operand_digits}[op]
 
 
-def _write_number(number: int, width: int, reverse: bool) -> str:
-    digits = str(number).zfill(width)
-    return digits[::-1] if reverse else digits
+def _longest_number(task: ArithmeticTask, a: int, b: int) -> int:
+    """Digits of the longest number ``format_example`` writes for ``a op b`` (operands and answer)."""
+    operand_digits = max(len(str(a)), len(str(b)))
+    padded_answer = _max_result_digits(task.op, operand_digits) if task.zero_pad else 0
+    return max(operand_digits, len(str(compute(task.op, a, b))), padded_answer)
+
+
+def _write_number(number: int, width: int, reverse: bool, hint_start: int | None = None) -> str:
+    """``number`` zero-padded to ``width`` digits, reversed or not; with ``hint_start``, each digit after its
+    index hint ``INDEX_HINTS[hint_start + significance]``."""
+    places = list(str(number).zfill(width))[::-1]  # least significant first
+    if hint_start is not None:
+        if hint_start + len(places) > len(INDEX_HINTS):
+            raise ValueError(
+                f"index hints cover {len(INDEX_HINTS)} digits, but {number} from hint {hint_start} needs "
+                f"{hint_start + len(places)}; use shorter numbers or no index hints"
+            )
+        places = [INDEX_HINTS[hint_start + significance] + digit for significance, digit in enumerate(places)]
+    return "".join(places if reverse else places[::-1])
 
 
 def _check_count(n: int) -> None:

@@ -1,8 +1,9 @@
 """A character-level tokenizer for arithmetic that is a real ``transformers`` tokenizer.
 
 One token per character over digits, operators ``+ - * / =``, space, parentheses, comma and period, plus
-``<pad>``, ``<eos>`` (also the BOS token) and ``<unk>``. It saves and loads with ``save_pretrained`` /
-``from_pretrained`` and pads on the left by default, so ``generate``, ``Trainer`` and data collators work
+``<pad>``, ``<eos>`` (also the BOS token) and ``<unk>``; with ``index_hints=True`` also the index-hint letters
+(``mathpe.data.arithmetic.INDEX_HINTS``), appended after them so the other ids stay the same. It saves and loads
+with ``save_pretrained`` / ``from_pretrained`` and pads on the left by default, so ``generate``, ``Trainer`` and data collators work
 with it unchanged. Saved folders name it in tokenizer_config.json's ``auto_map``, so ``AutoTokenizer`` loads it
 with ``trust_remote_code=True`` (``mathpe.remote_code``).
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizer, PreTrainedTokenizerBase
 
+from mathpe.data.arithmetic import INDEX_HINTS
 from mathpe.remote_code import TOKENIZER_AUTO_MAP, write_remote_code
 
 PAD_TOKEN = "<pad>"
@@ -30,7 +32,11 @@ VOCAB_FILE_NAME = "vocab.json"
 
 
 class ArithmeticTokenizer(PreTrainedTokenizer):
-    """One token per character; unknown characters map to ``<unk>``."""
+    """One token per character; unknown characters map to ``<unk>``.
+
+    ``index_hints`` adds the hint letters to the default vocabulary; a saved vocabulary (``vocab_file``) is
+    used as it is.
+    """
 
     vocab_files_names = {"vocab_file": VOCAB_FILE_NAME}
     model_input_names = ["input_ids", "attention_mask"]
@@ -43,10 +49,15 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
         eos_token: str = EOS_TOKEN,
         bos_token: str = EOS_TOKEN,
         unk_token: str = UNK_TOKEN,
+        index_hints: bool = False,
         **kwargs: Any,
     ) -> None:
         # The vocabulary must exist before the base constructor, which looks special tokens up in it.
-        self._token_to_id = _read_vocab(Path(vocab_file)) if vocab_file else dict(DEFAULT_VOCAB)
+        if vocab_file:
+            self._token_to_id = _read_vocab(Path(vocab_file))
+        else:
+            tokens = [*DEFAULT_VOCAB, *(INDEX_HINTS if index_hints else ())]
+            self._token_to_id = {token: index for index, token in enumerate(tokens)}
         self._id_to_token = {index: token for token, index in self._token_to_id.items()}
         kwargs.setdefault("clean_up_tokenization_spaces", False)  # its cleanup would delete " ." and " ,"
         kwargs["auto_map"] = TOKENIZER_AUTO_MAP  # saved in tokenizer_config.json

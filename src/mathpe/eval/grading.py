@@ -268,17 +268,27 @@ def decode_answer(digits: str, fmt: AnswerFormat) -> int:
     return int(digits[::-1] if fmt == "reversed" else digits)
 
 
-def extract_arithmetic_answer(completion: str, fmt: AnswerFormat) -> int | None:
+def drop_index_hints(text: str) -> str:
+    """``text`` without its index-hint letters (``mathpe.data.arithmetic.INDEX_HINTS``, the ASCII letters)."""
+    return re.sub(r"[A-Za-z]", "", text)
+
+
+def extract_arithmetic_answer(completion: str, fmt: AnswerFormat, index_hints: bool = False) -> int | None:
     """The integer a completion answers: its leading digits (after whitespace) read in ``fmt``; None if none.
 
-    Anything from the first non-digit on (EOS included) is ignored.
+    Anything from the first non-digit on (EOS included) is ignored. With ``index_hints`` the leading run may
+    interleave hint letters with the digits (``"a8b6c1"``); the letters are dropped and only the digits are
+    graded, so a wrong hint before a right digit still counts: the hints are scaffolding, the number is the
+    answer.
     """
-    digits = re.match(r"\d*", completion.strip(), re.ASCII).group()
+    leading = r"[0-9A-Za-z]*" if index_hints else r"\d*"
+    digits = drop_index_hints(re.match(leading, completion.strip(), re.ASCII).group())
     return decode_answer(digits, fmt) if digits else None
 
 
-def grade_arithmetic(completion: str, answer: str, fmt: AnswerFormat) -> bool:
+def grade_arithmetic(completion: str, answer: str, fmt: AnswerFormat, index_hints: bool = False) -> bool:
     """Exact match on the integer: the completion's answer (``extract_arithmetic_answer``) against ``answer``,
-    both read in ``fmt``."""
-    predicted = extract_arithmetic_answer(completion, fmt)
-    return predicted is not None and predicted == decode_answer(answer.strip(), fmt)
+    both read in ``fmt`` (and both without their index hints when ``index_hints``)."""
+    predicted = extract_arithmetic_answer(completion, fmt, index_hints)
+    reference = drop_index_hints(answer.strip()) if index_hints else answer.strip()
+    return predicted is not None and predicted == decode_answer(reference, fmt)

@@ -78,7 +78,9 @@ class ArithmeticSettings:
     2024), so digits of equal place value sit at equal offsets in their numbers; ``reverse_operands=False``
     reverses the answer only (Lee et al. 2023). ``second_digits`` gives the second operand a digit range of
     its own (``(1, 1)``: n-digit times one digit); the operand length of an evaluation set is then the
-    first operand's.
+    first operand's. ``zero_pad`` pads operands to equal length and the answer to its longest; ``index_hints``
+    puts a hint letter of its significance before every digit (Zhou et al. 2024; ``mathpe.data.arithmetic``),
+    graded on the digits alone.
     """
 
     train_digits: tuple[int, int] = (1, 8)
@@ -88,6 +90,7 @@ class ArithmeticSettings:
     reverse_operands: bool = True
     zero_pad: bool = False
     eval_per_length: int = 100
+    index_hints: bool = False
 
 
 def build_task(
@@ -144,6 +147,7 @@ def _arithmetic_task(
         zero_pad=settings.zero_pad,
         reverse_operands=settings.reverse_operands and settings.fmt == "reversed",
         second_digits=settings.second_digits,
+        index_hints=settings.index_hints,
     )
     per_length = settings.eval_per_length if eval_samples is None else eval_samples
     # The validation pairs are drawn after the training pairs from the same generator (so the training set
@@ -160,7 +164,7 @@ def _arithmetic_task(
         name=name,
         train_pairs=[(example.prompt, example.answer) for example in train],
         eval_items=items,
-        grade=partial(_grade_arithmetic, fmt=settings.fmt),
+        grade=partial(_grade_arithmetic, fmt=settings.fmt, index_hints=settings.index_hints),
         metrics=("exact_match",),
         max_new_tokens=longest_answer + 2,
         train_groups=frozenset(range(low, high + 1)),
@@ -169,9 +173,9 @@ def _arithmetic_task(
     )
 
 
-def _grade_arithmetic(completion: str, reference: str, fmt: str) -> dict[str, Any]:
+def _grade_arithmetic(completion: str, reference: str, fmt: str, index_hints: bool = False) -> dict[str, Any]:
     """Exact match of the integer (the reference is the answer text in the task's format), and the answer read."""
     return {
-        "exact_match": grade_arithmetic(completion, reference, fmt),
-        "predicted_answer": extract_arithmetic_answer(completion, fmt),
+        "exact_match": grade_arithmetic(completion, reference, fmt, index_hints),
+        "predicted_answer": extract_arithmetic_answer(completion, fmt, index_hints),
     }

@@ -31,7 +31,7 @@ def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
     """
     if config.is_preset:
         if config.arithmetic_only:
-            return ArithmeticTokenizer(padding_side="left")
+            return ArithmeticTokenizer(padding_side="left", index_hints=config.arithmetic.index_hints)
         return ByT5Tokenizer(padding_side="left")
     tokenizer = AutoTokenizer.from_pretrained(config.model_size, padding_side="left")
     if tokenizer.pad_token is None:
