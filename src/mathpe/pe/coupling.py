@@ -115,8 +115,18 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
             start = torch.randint(0, self.max_start + 1, runs_carry.shape, device=runs_carry.device)
         else:
             start = torch.full_like(runs_carry, self.eval_start)
-        ids = coupled_position_ids(extra.pop("digit_runs"), start)
-        return {"coupled_position_ids": ids}, {"runs": runs_carry, "start": start}
+        runs = extra["digit_runs"]
+        return {"digit_runs": runs, "coupled_position_ids": coupled_position_ids(runs, start)}, {
+            "runs": runs_carry,
+            "start": start,
+        }
+
+    def token_states(
+        self, extra: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Run length and start after each token, both (batch, seq)."""
+        runs = extra["digit_runs"]
+        return {"runs": runs, "start": state["start"].unsqueeze(1).expand_as(runs)}
 
     def embed(
         self,
