@@ -1,7 +1,9 @@
 """The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``verify``, ``bench``.
 
-Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length) ends with
-a one-line ``mathpe: error: ...`` and exit status 2, never a traceback.
+Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length, a run
+folder that belongs to another run) ends with a one-line ``mathpe: error: ...`` and exit status 2, never a
+traceback: every such error is a ``mathpe.errors.MathPEError``. Any other exception is a bug in mathpe or
+below it and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathpe.errors import MathPEError
 from mathpe.eval.tasks import DATASETS, ArithmeticSettings
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes
@@ -148,7 +151,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_config_from(args: argparse.Namespace, pe: str) -> Any:
-    from mathpe.train.config import ConfigError, RunConfig
+    from mathpe.errors import ConfigError
+    from mathpe.train.config import RunConfig
 
     try:
         pe_options = json.loads(args.pe_options)
@@ -326,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDivergedError as error:
         print(f"mathpe: error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as error:
+    except MathPEError as error:  # only mathpe's own errors: anything else is a bug and keeps its traceback
         if os.environ.get("MATHPE_DEBUG"):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

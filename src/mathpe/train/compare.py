@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathpe.errors import ConfigError
 from mathpe.eval.report import markdown_table, percent, plot_accuracy_by_length, write_json, write_text
 from mathpe.pe.registry import FOUNDING_PES
 from mathpe.train.config import RunConfig
@@ -98,7 +99,7 @@ def run_comparison(configs: list[RunConfig], *, seeds: tuple[int, ...], jobs: in
     Returns the Markdown table (also printed by the CLI).
     """
     if jobs < 1:
-        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
     runs = [
         dataclasses.replace(
             config,

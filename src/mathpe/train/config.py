@@ -9,16 +9,13 @@ from typing import Any
 
 import torch
 
+from mathpe.errors import ConfigError
 from mathpe.eval.tasks import ARITHMETIC_OPS, DATASETS, ArithmeticSettings
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes, pe_class, pe_options
 
 #: PEs are tested at up to this multiple of the model's context length (all but ``learned``).
 MAX_LENGTH_MULTIPLE = 8
-
-
-class ConfigError(ValueError):
-    """A setting the user gave is not allowed; the message names the value and what is allowed."""
 
 
 @dataclass

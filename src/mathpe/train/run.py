@@ -13,10 +13,13 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from transformers import (
 
 import mathpe
 from mathpe.data.collate import PaddingCollator, encode_example
+from mathpe.errors import ConfigError, MathPEError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.report import (
     length_curves,
@@ -76,7 +80,8 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     run_dir = config.run_dir
-    tokenizer = build_tokenizer(config)
+    with model_settings_errors(config):
+        tokenizer = build_tokenizer(config)
     tasks = [
         build_task(
             name,
@@ -88,7 +93,8 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
         )
         for name in config.datasets
     ]
-    model = build_model(config, tokenizer)
+    with model_settings_errors(config):
+        model = build_model(config, tokenizer)
     write_json(run_dir / "config.json", run_settings(config, tokenizer, model))
 
     model, train_stats = train(config, model, tokenizer, tasks, progress=progress)
@@ -108,6 +114,27 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
             device=trained.device,
         )
     return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, best=best, progress=progress)
+
+
+@contextmanager
+def model_settings_errors(config: RunConfig) -> Iterator[None]:
+    """Turn a rejection of the user's model or PE settings into a one-line ``ConfigError``.
+
+    The PE classes (an option value out of range), transformers' loaders and ``mathpe.hf.load_model`` (an
+    unreadable model or tokenizer, an unsupported architecture) raise ``ValueError`` / ``OSError``; inside
+    this block their only input is the user's ``--model_size``, ``--pe`` and ``--pe_options``, so the
+    message names those.
+    """
+    try:
+        yield
+    except MathPEError:
+        raise
+    except (ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"--model_size {config.model_size!r} --pe {config.pe!r} --pe_options "
+            f"'{json.dumps(config.pe_options)}': {reason}"
+        ) from error
 
 
 def evaluate_checkpoint(
