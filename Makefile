@@ -12,7 +12,7 @@ PY := .venv/bin/python
 	touch .venv/bin/mathpe
 
 demo: .venv/bin/mathpe
-	.venv/bin/mathpe compare --preset quick
+	.venv/bin/mathpe compare --preset quick --overwrite
 
 test: .venv/bin/mathpe
 	$(PY) -m pytest -q

@@ -145,7 +145,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--experiment_name", default="mathpe")
     output.add_argument("--output_dir", default=None, help="default runs/<experiment_name>")
     output.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in the output folder from its newest intact checkpoint (same settings)",
+    )
+    output.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in the output folder, then start"
     )
     output.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -186,6 +191,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         experiment_name=args.experiment_name,
         output_dir=args.output_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         time_budget=args.time_budget,
         save_steps=args.save_steps,
         logging_steps=args.logging_steps,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import shutil
 import statistics
 import time
 import traceback
@@ -111,6 +112,7 @@ def run_comparison(configs: list[RunConfig], *, seeds: tuple[int, ...], jobs: in
         for config in configs
         for seed in seeds
     ]
+    claim_comparison_dir(output_dir, runs)
     started = time.monotonic()
     if jobs == 1:
         summaries = [_run_one(run) for run in runs]
@@ -119,6 +121,35 @@ def run_comparison(configs: list[RunConfig], *, seeds: tuple[int, ...], jobs: in
             summaries = list(pool.map(_run_one, runs))
     wall_seconds = time.monotonic() - started
     return write_comparison(output_dir, configs, summaries, wall_seconds=wall_seconds, jobs=jobs)
+
+
+def claim_comparison_dir(output_dir: Path, runs: list[RunConfig]) -> None:
+    """The run folder rules of ``mathpe train`` for a whole comparison, checked before any run starts.
+
+    A folder holding a comparison (comparison.json or a run) is refused without ``--resume`` or
+    ``--overwrite`` (which deletes it); with ``--resume`` every run already there must have the settings
+    asked for now (``mathpe.train.run.claim_run_dir``).
+    """
+    from mathpe.train.run import build_tasks, claim_run_dir, holds_run, identity_settings
+
+    existing = (
+        [path for path in output_dir.iterdir() if path.is_dir() and holds_run(path)]
+        if output_dir.is_dir()
+        else []
+    )
+    if not existing and not (output_dir / "comparison.json").exists():
+        return
+    resume, overwrite = runs[0].resume, runs[0].overwrite
+    if overwrite:
+        shutil.rmtree(output_dir)
+    elif not resume:
+        raise ConfigError(
+            f"{output_dir} already holds a comparison; continue it with --resume or replace it with --overwrite"
+        )
+    else:
+        for run in runs:
+            if holds_run(run.run_dir):
+                claim_run_dir(run, identity_settings(run, build_tasks(run)))
 
 
 def _run_one(config: RunConfig) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """One run end to end: data, model, training, evaluation, and the run folder's outputs.
 
 Run folder (``--output_dir``, default ``runs/<experiment_name>``):
-    config.json        every setting, resolved PE options, library versions, seed
+    config.json        every setting, resolved PE options, the data's hash, mathpe's git commit, versions
     checkpoint-N/      Trainer checkpoints (atomic), for ``--resume``
     runs/              TensorBoard logs
     model/             the final model and tokenizer (``from_pretrained``-loadable)
@@ -13,10 +13,13 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,14 +50,16 @@ from mathpe.eval.report import (
     write_text,
 )
 from mathpe.eval.tasks import Task, build_task
-from mathpe.train.config import RunConfig
+from mathpe.train.config import RunConfig, differing_settings
 from mathpe.train.setup import apply_lora, build_model, build_tokenizer, load_saved_model, resolved_pe_options
 from mathpe.train.trainer import (
     MathPETrainer,
     NonFiniteLossCallback,
     TimeBudgetCallback,
     TrainingDivergedError,
+    checkpoints,
     last_checkpoint,
+    resume_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -82,20 +87,15 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
     run_dir = config.run_dir
     with model_settings_errors(config):
         tokenizer = build_tokenizer(config)
-    tasks = [
-        build_task(
-            name,
-            seed=config.seed,
-            train_samples=config.train_samples,
-            eval_samples=config.eval_samples,
-            data_dir=config.data_dir,
-            arithmetic=config.arithmetic,
-        )
-        for name in config.datasets
-    ]
+    tasks = build_tasks(config)
+    identity = identity_settings(config, tasks)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, before Trainer starts
+    if main_process:
+        claim_run_dir(config, identity)
     with model_settings_errors(config):
         model = build_model(config, tokenizer)
-    write_json(run_dir / "config.json", run_settings(config, tokenizer, model))
+    if main_process:
+        write_json(run_dir / "config.json", {**run_settings(config, tokenizer, model), **identity})
 
     model, train_stats = train(config, model, tokenizer, tasks, progress=progress)
     trained = model.merge_and_unload() if config.use_lora else model
@@ -114,6 +114,107 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
             device=trained.device,
         )
     return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, best=best, progress=progress)
+
+
+def build_tasks(config: RunConfig) -> list[Task]:
+    """The run's datasets as tasks: training pairs, evaluation items, grader."""
+    return [
+        build_task(
+            name,
+            seed=config.seed,
+            train_samples=config.train_samples,
+            eval_samples=config.eval_samples,
+            data_dir=config.data_dir,
+            arithmetic=config.arithmetic,
+        )
+        for name in config.datasets
+    ]
+
+
+def identity_settings(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
+    """What ``--resume`` compares with the run folder's config.json: every setting, and ``data_sha256``.
+
+    ``data_sha256`` hashes the data the run actually uses (training, validation and evaluation items of
+    every task), so the same files under another ``--data_dir`` match and an edited file does not.
+    """
+    digest = hashlib.sha256()
+    for task in tasks:
+        items = [(item.prompt, item.reference, item.group) for item in task.eval_items]
+        digest.update(json.dumps([task.name, task.train_pairs, task.validation_pairs, items]).encode())
+    return {**config.to_dict(), "data_sha256": digest.hexdigest()}
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished or partial run: its settings, metrics, model or a checkpoint."""
+    return any((run_dir / name).exists() for name in ("config.json", "metrics.json", "model")) or bool(
+        checkpoints(run_dir)
+    )
+
+
+def claim_run_dir(config: RunConfig, identity: dict[str, Any]) -> None:
+    """Make ``config.run_dir`` this run's before anything is written into it.
+
+    A folder that holds a run is refused unless ``--overwrite`` (its contents are deleted) or ``--resume``
+    with the same identity settings (``differing_settings``: everything but the budget-like
+    ``RESUMABLE_SETTINGS``, plus the data's hash). Resuming under another mathpe commit warns.
+    """
+    run_dir = config.run_dir
+    if not holds_run(run_dir):
+        return
+    if config.overwrite:
+        shutil.rmtree(run_dir)
+        return
+    if not config.resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume or replace it with --overwrite"
+        )
+    path = run_dir / "config.json"
+    if not path.is_file():  # checkpoints without settings (a run from before config.json): nothing to compare
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{path}: unreadable ({type(error).__name__}); cannot check --resume's settings"
+        ) from None
+    differences = differing_settings(saved, identity)
+    if differences:
+        raise ConfigError(
+            f"--resume: {run_dir} holds a run with other settings ({'; '.join(differences)}); "
+            "choose another --output_dir, or --overwrite to replace it"
+        )
+    saved_commit, commit = (saved.get("source") or {}).get("commit"), source_revision()["commit"]
+    if saved_commit and commit and saved_commit != commit:
+        logger.warning(
+            "--resume: %s was started at mathpe commit %s, this is %s: the run mixes two versions of the code",
+            run_dir,
+            saved_commit[:12],
+            commit[:12],
+        )
+
+
+def source_revision() -> dict[str, Any]:
+    """The git commit of mathpe's sources and whether their tracked files are unmodified.
+
+    ``{"commit": None, "clean": None}`` when mathpe does not run from a git checkout (an installed wheel).
+    """
+    package = Path(mathpe.__file__).parent
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(package), *arguments], capture_output=True, text=True, timeout=30
+        )
+
+    try:
+        if git(
+            "ls-files", "--error-unmatch", "__init__.py"
+        ).returncode:  # not tracked: not a checkout of mathpe
+            return {"commit": None, "clean": None}
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        modified = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git
+        return {"commit": None, "clean": None}
+    return {"commit": commit, "clean": not modified}
 
 
 @contextmanager
@@ -169,6 +270,7 @@ def run_settings(
         "resolved_pe_options": resolved_pe_options(config, tokenizer),
         "parameters": model.num_parameters(),
         "tokenizer": type(tokenizer).__name__,
+        "source": source_revision(),
         "versions": {
             "mathpe": mathpe.__version__,
             "torch": torch.__version__,
@@ -254,7 +356,7 @@ def train(
     # With the progress bar off, Trainer prints every log line instead; keep quiet runs quiet.
     if not progress:
         trainer.remove_callback(PrinterCallback)
-    resume_from = last_checkpoint(config.run_dir) if config.resume else None
+    resume_from = resume_checkpoint(config.run_dir) if config.resume else None
     if config.resume and resume_from is None:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", config.run_dir)
     started = time.monotonic()
