@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -92,3 +93,48 @@ def test_compare_with_no_jobs_is_a_user_error(tmp_path, capsys):
     code = main(["compare", "--pe", "rope", *TINY_ADDITION, "--jobs", "0", "--output_dir", str(tmp_path)])
     assert code == 2
     assert capsys.readouterr().err.strip() == "mathpe: error: --jobs must be a positive integer, got 0"
+
+
+GSM8K_RUN = ["train", "--pe", "rope", "--model_size", "tiny", "--datasets", "gsm8k", "--train_samples", "4",
+             "--eval_samples", "1", "--max_steps", "1", "--batch_size", "2", "--threads", "1", "--quiet"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("broken_train_file", "message"),
+    [
+        ("", "train.jsonl: no examples (the file is empty)"),
+        ("\n  \n", "train.jsonl: no examples (the file is empty)"),
+        ('{"question": "q", "answer": "a"}\n{"question": "q", "answer": \n', "train.jsonl:2: not valid JSON"),
+        ('{"questions": "q", "answer": "a"}\n', "train.jsonl:1: missing field(s) ['question']; required:"),
+    ],
+)
+def test_a_bad_data_file_is_named_in_one_line(tmp_path, capsys, broken_train_file, message):
+    (tmp_path / "gsm8k").mkdir()
+    (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "#### 1"}\n')
+    (tmp_path / "gsm8k" / "train.jsonl").write_text(broken_train_file)
+    code = main([*GSM8K_RUN, "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")])
+    stderr = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(stderr) == 1 and stderr[0].startswith(f"mathpe: error: {tmp_path / 'gsm8k'}/{message}"), stderr
+
+
+def test_training_data_cut_away_by_max_length_is_named(tmp_path, capsys, caplog):
+    (tmp_path / "gsm8k").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "gsm8k" / f"{split}.jsonl").write_text(
+            '{"question": "1+1?", "answer": "#### 2"}\n{"question": "'
+            + "long " * 20
+            + '", "answer": "#### 3"}\n'
+        )
+    run = [*GSM8K_RUN, "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "run")]
+    assert main([*run, "--max_length", "12"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"mathpe: error: {tmp_path / 'gsm8k' / 'train.jsonl'}: none of the 2 gsm8k training examples keeps an "
+        "answer token within --max_length 12; raise --max_length"
+    ]
+    with caplog.at_level("WARNING"):  # the short problem fits, the long one is left out with a warning
+        assert main([*run, "--max_length", "40", "--overwrite"]) == 0
+    assert (
+        f"{tmp_path / 'gsm8k' / 'train.jsonl'}: 1 of 2 training examples have no answer token" in caplog.text
+    )
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["examples"] == 1

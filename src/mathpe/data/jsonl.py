@@ -75,6 +75,12 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     return path
 
 
+def split_file(dataset: str, split: str, data_dir: str | Path | None = None) -> Path | None:
+    """The local file of a split, ``{data_dir or $MATHPE_DATA}/{dataset}/{split}.jsonl``; None: the hub."""
+    directory = resolve_data_dir(data_dir)
+    return None if directory is None else directory / dataset / f"{split}.jsonl"
+
+
 def load_hub_rows(dataset: str, config: str | None, split: str) -> list[dict[str, object]]:
     """The rows of a Hugging Face hub dataset split through ``datasets``.
 

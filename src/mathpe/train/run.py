@@ -38,8 +38,8 @@ from transformers import (
 )
 
 import mathpe
-from mathpe.data.collate import PaddingCollator, encode_example
-from mathpe.errors import ConfigError, MathPEError
+from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
+from mathpe.errors import ConfigError, DataError, MathPEError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.report import (
     length_curves,
@@ -329,9 +329,7 @@ def train(
     Raises ``TrainingDivergedError`` when the loss turns NaN/inf.
     """
     features = [
-        encode_example(tokenizer, prompt, target, config.max_length)
-        for task in tasks
-        for prompt, target in task.train_pairs
+        feature for task in tasks for feature in supervised_features(task, tokenizer, config.max_length)
     ]
     validation = [
         encode_example(tokenizer, prompt, target, config.max_length)
@@ -381,6 +379,32 @@ def train(
         "best_validation_loss": trainer.state.best_metric,
         "is_main_process": trainer.is_world_process_zero(),
     }
+
+
+def supervised_features(
+    task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> list[dict[str, list[int]]]:
+    """The task's encoded training pairs that keep an answer token within ``max_length``.
+
+    A pair cut inside its prompt teaches nothing (and a batch of them has no loss at all): it is left out with
+    a one-line warning; a ``DataError`` when none is left.
+    """
+    encoded = [encode_example(tokenizer, prompt, target, max_length) for prompt, target in task.train_pairs]
+    kept = [feature for feature in encoded if any(label != IGNORE_INDEX for label in feature["labels"])]
+    if not kept:
+        raise DataError(
+            f"{task.train_source}: none of the {len(encoded)} {task.name} training examples keeps an answer token within "
+            f"--max_length {max_length}; raise --max_length"
+        )
+    if len(kept) < len(encoded):
+        logger.warning(
+            "%s: %d of %d training examples have no answer token within --max_length %s; left out",
+            task.train_source,
+            len(encoded) - len(kept),
+            len(encoded),
+            max_length,
+        )
+    return kept
 
 
 def evaluate_and_report(
