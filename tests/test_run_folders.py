@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -176,8 +177,28 @@ def test_resume_with_every_checkpoint_damaged_is_one_line(run_copy, capsys):
 def test_compare_into_an_existing_comparison_needs_resume_or_overwrite(tmp_path, capsys):
     compare = ["compare", "--pe", "rope", *TINY_ADDITION, "--max_steps", "2", "--save_steps", "2", "--jobs", "1",
                "--output_dir", str(tmp_path)]  # fmt: skip
-    assert main(compare) == 0
-    capsys.readouterr()
+    loud = [argument for argument in compare if argument != "--quiet"]
+    assert main([*loud, "--pe", "rope,alibi"]) == 0
+    progress = capsys.readouterr().err.strip().splitlines()
+    assert progress[0] == f"mathpe compare: 2 runs, 1 at a time, into {tmp_path}"
+    assert re.fullmatch(
+        r"\[1/2\] rope seed 0: exact_match \d+\.\d% \(\d+ s\); elapsed \d+ s, ETA \d+ s", progress[1]
+    )
+    assert re.fullmatch(
+        r"\[2/2\] alibi seed 0: exact_match \d+\.\d% \(\d+ s\); elapsed \d+ s, ETA 0 s", progress[2]
+    )
+    assert len(progress) == 3, progress
+    environment = json.loads((tmp_path / "comparison.json").read_text())["environment"]
+    assert (
+        environment["command"] == ["mathpe", *loud, "--pe", "rope,alibi"]
+        and environment["threads_per_run"] == 1
+    )
+    assert (
+        environment["source"] == source_revision() and environment["versions"]["torch"] == torch.__version__
+    )
+    assert environment["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "torch thread(s) per run on" in (tmp_path / "comparison.md").read_text()
+
     assert main(compare) == 2
     line = one_error_line(capsys)
     assert f"{tmp_path} already holds a comparison" in line and "--resume" in line and "--overwrite" in line
@@ -191,3 +212,5 @@ def test_compare_into_an_existing_comparison_needs_resume_or_overwrite(tmp_path,
     (tmp_path / "stale.txt").write_text("from the comparison being replaced")
     assert main([*compare, "--overwrite"]) == 0
     assert not (tmp_path / "stale.txt").exists() and (tmp_path / "comparison.json").is_file()
+    assert not (tmp_path / "alibi-seed0").exists()
+    assert capsys.readouterr().err == ""  # --quiet: no progress

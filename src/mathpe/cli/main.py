@@ -256,7 +256,14 @@ def command_compare(args: argparse.Namespace) -> int:
         pes = list_pes() if args.pe == "all" else comma_list(args.pe)
     configs = [run_config_from(args, pe) for pe in pes]
     output_dir = Path(args.output_dir or f"runs/{args.experiment_name}")
-    table = run_comparison(configs, seeds=args.seeds or (args.seed,), jobs=args.jobs, output_dir=output_dir)
+    table = run_comparison(
+        configs,
+        seeds=args.seeds or (args.seed,),
+        jobs=args.jobs,
+        output_dir=output_dir,
+        progress=not args.quiet,
+        command=args.command_line,
+    )
     print(table)
     return 0
 
@@ -331,6 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(COMPARE_PRESETS[args.preset].arguments).parse_args(argv)
     from mathpe.train.trainer import TrainingDivergedError
 
+    args.command_line = ["mathpe", *(sys.argv[1:] if argv is None else argv)]  # recorded with results
     try:
         return args.handler(args)
     except TrainingDivergedError as error:

@@ -13,6 +13,7 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,11 +23,11 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
 import torch
 import transformers
 from transformers import (
@@ -217,7 +218,7 @@ def source_revision() -> dict[str, Any]:
     return {"commit": commit, "clean": not modified}
 
 
-@contextmanager
+@contextlib.contextmanager
 def model_settings_errors(config: RunConfig) -> Iterator[None]:
     """Turn a rejection of the user's model or PE settings into a one-line ``ConfigError``.
 
@@ -264,19 +265,44 @@ def evaluate_checkpoint(
 def run_settings(
     config: RunConfig, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
 ) -> dict[str, Any]:
-    """config.json: every setting, the resolved PE options, model size and library versions."""
+    """config.json: every setting, the resolved PE options, model size, code, machine and library versions."""
     return {
         **config.to_dict(),
         "resolved_pe_options": resolved_pe_options(config, tokenizer),
         "parameters": model.num_parameters(),
         "tokenizer": type(tokenizer).__name__,
         "source": source_revision(),
-        "versions": {
-            "mathpe": mathpe.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
+        "versions": library_versions(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what a run's numbers depend on: mathpe, torch, transformers, accelerate, Python."""
+    return {
+        "mathpe": mathpe.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """The CPU (model name, core count, the vector instructions torch's kernels use) and the OS."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the CPU model in /proc/cpuinfo
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
     }
 
 
