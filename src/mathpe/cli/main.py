@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -339,6 +340,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mathpe.train.trainer import TrainingDivergedError
 
     args.command_line = ["mathpe", *(sys.argv[1:] if argv is None else argv)]  # recorded with results
+    # SIGTERM ends a run like Ctrl-C, with one line. Not for compare: its worker processes would finish their
+    # runs first; there the default (the parent ends at once) stays.
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    if args.command != "compare":
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
     except TrainingDivergedError as error:
@@ -353,6 +359,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mathpe: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mathpe: terminated (SIGTERM); --resume continues from the last checkpoint", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a job scheduler's time limit). A ``BaseException`` like
+    ``KeyboardInterrupt``, so no ``except Exception`` on the way (a compare worker's) mistakes it for a failed
+    run."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":
