@@ -1,7 +1,7 @@
 # mathpe: `make demo` runs the main job, `make test` the tests; both create .venv on first use.
 PY := .venv/bin/python
 
-.PHONY: demo test test-slow lint bench verify clean-venv
+.PHONY: demo test test-slow lint bench verify check-results clean-venv
 
 .venv/bin/mathpe: pyproject.toml
 	python3 -m venv .venv
@@ -30,6 +30,10 @@ bench: .venv/bin/mathpe
 
 verify: .venv/bin/mathpe
 	.venv/bin/mathpe verify
+
+# Re-run results/quick's rope cell (~70 s, one thread) and compare with the committed numbers (docs/runs.md).
+check-results: .venv/bin/mathpe
+	$(PY) scripts/check_results.py
 
 clean-venv:
 	rm -rf .venv

@@ -100,6 +100,22 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> RunConfig:
+        """The config ``to_dict`` wrote to JSON (config.json, comparison.json); other keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in settings.items() if key in names}
+        values["arithmetic"] = ArithmeticSettings(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in values.get("arithmetic", {}).items()
+            }
+        )
+        for name in ("datasets", "eval_offsets"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
+
     def validate(self) -> RunConfig:
         """Raise ``ConfigError`` naming the first bad setting; return self when all are fine."""
         if self.pe not in list_pes():
