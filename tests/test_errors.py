@@ -138,3 +138,9 @@ def test_training_data_cut_away_by_max_length_is_named(tmp_path, capsys, caplog)
         f"{tmp_path / 'gsm8k' / 'train.jsonl'}: 1 of 2 training examples have no answer token" in caplog.text
     )
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]["examples"] == 1
+
+
+def test_a_digit_range_too_small_for_the_held_out_problems_is_a_user_error(tmp_path, capsys):
+    arguments = [*TINY_ADDITION, "--train_digits", "1-1", "--eval_lengths", "1", "--eval_samples", "2000"]
+    assert main(["train", *arguments, "--max_steps", "1", "--output_dir", str(tmp_path)]) == 2
+    assert "no add problem with 1-1 digits left after excluding" in capsys.readouterr().err

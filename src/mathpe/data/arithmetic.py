@@ -22,6 +22,8 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mathpe.errors import ConfigError
+
 Operation = Literal["add", "sub", "mul"]
 AnswerFormat = Literal["plain", "reversed"]
 ProblemKey = tuple[int, str, int]
@@ -210,7 +212,7 @@ def _draw_example(
             a, b = b, a
         if (a, task.symbol, b) not in exclude:
             return format_example(task, a, b)
-    raise ValueError(
+    raise ConfigError(  # the digit range is too small for the held-out problems: the user's settings
         f"no {task.op} problem with {task.min_digits}-{task.max_digits} digits left after excluding "
         f"{len(exclude)} held-out problems ({MAX_REJECTIONS} draws rejected)"
     )

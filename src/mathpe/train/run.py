@@ -207,9 +207,7 @@ def source_revision() -> dict[str, Any]:
         )
 
     try:
-        if git(
-            "ls-files", "--error-unmatch", "__init__.py"
-        ).returncode:  # not tracked: not a checkout of mathpe
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode:  # an installed copy, not a checkout
             return {"commit": None, "clean": None}
         commit = git("rev-parse", "HEAD").stdout.strip() or None
         modified = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
