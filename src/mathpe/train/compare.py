@@ -126,6 +126,7 @@ def run_comparison(
         for seed in seeds
     ]
     claim_comparison_dir(output_dir, runs)
+    environment = comparison_environment(runs[0].threads, jobs, command)  # before the code can change
     report = ProgressReport(len(runs), output_dir, jobs) if progress else None
     started = time.monotonic()
     summaries: list[dict[str, Any]] = [{} for _ in runs]
@@ -142,7 +143,6 @@ def run_comparison(
                 if report:
                     report.finished(summaries[futures[future]])
     wall_seconds = time.monotonic() - started
-    environment = comparison_environment(runs[0].threads, jobs, command)
     return write_comparison(
         output_dir, configs, summaries, wall_seconds=wall_seconds, jobs=jobs, environment=environment
     )
