@@ -1,7 +1,7 @@
 # mathpe: `make demo` runs the main job, `make test` the tests; both create .venv on first use.
 PY := .venv/bin/python
 
-.PHONY: demo test test-slow lint bench verify gpu-check gpu-wheels clean-venv
+.PHONY: demo test test-slow lint bench verify check-results gpu-check gpu-wheels clean-venv
 
 .venv/bin/mathpe: pyproject.toml
 	python3 -m venv .venv
@@ -12,7 +12,7 @@ PY := .venv/bin/python
 	touch .venv/bin/mathpe
 
 demo: .venv/bin/mathpe
-	.venv/bin/mathpe compare --preset quick
+	.venv/bin/mathpe compare --preset quick --overwrite
 
 test: .venv/bin/mathpe
 	$(PY) -m pytest -q
@@ -30,6 +30,10 @@ bench: .venv/bin/mathpe
 
 verify: .venv/bin/mathpe
 	.venv/bin/mathpe verify
+
+# Re-run results/quick's rope cell (~70 s, one thread) and compare with the committed numbers (docs/runs.md).
+check-results: .venv/bin/mathpe
+	$(PY) scripts/check_results.py
 
 # On a CUDA machine: the CUDA tests, verify, bench section 6 and the founding command's shape (docs/gpu-check.md).
 gpu-check:

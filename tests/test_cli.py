@@ -183,32 +183,44 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(run_dir / "model" / "model.safetensors"))
 
 
-def test_resume_after_a_kill_matches_the_uninterrupted_run(tmp_path):
+def test_resume_after_a_kill_or_sigterm_matches_the_uninterrupted_run(tmp_path):
     common = ["train", "--pe", "alibi", *TINY_ADDITION, "--train_samples", "400", "--max_steps", "40",
               "--save_steps", "10", "--eval_samples", "1"]  # fmt: skip
     straight = tmp_path / "straight"
     assert run_cli(*common, "--output_dir", str(straight)).returncode == 0
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mathpe.cli.main", *common, "--output_dir", str(killed)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    deadline = time.monotonic() + 240
-    while not (killed / "checkpoint-10").is_dir() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not (killed / "model").exists(), "the run finished before it could be killed"
-    resumed = run_cli(*common, "--output_dir", str(killed), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    metrics = json.loads((killed / "metrics.json").read_text())
-    assert metrics["train"]["resumed_from"] is not None
     expected = final_weights(straight)
-    for name, tensor in final_weights(killed).items():
-        torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-4)
+
+    for stop in (signal.SIGKILL, signal.SIGTERM):
+        interrupted = tmp_path / stop.name
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mathpe.cli.main", *common, "--output_dir", str(interrupted)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        deadline = time.monotonic() + 240
+        while (
+            not (interrupted / "checkpoint-10").is_dir()
+            and process.poll() is None
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        process.send_signal(stop)
+        stderr = process.communicate()[1]
+        assert not (interrupted / "model").exists(), "the run finished before it could be stopped"
+        if stop == signal.SIGTERM:  # one line, no traceback, the conventional status 128 + 15
+            assert process.returncode == 143, stderr[-2000:]
+            assert stderr.strip().splitlines()[-1] == (
+                "mathpe: terminated (SIGTERM); --resume continues from the last checkpoint"
+            )
+            assert "Traceback" not in stderr
+        resumed = run_cli(*common, "--output_dir", str(interrupted), "--resume")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        metrics = json.loads((interrupted / "metrics.json").read_text())
+        assert metrics["train"]["resumed_from"] is not None
+        for name, tensor in final_weights(interrupted).items():
+            torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),

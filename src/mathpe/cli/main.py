@@ -1,8 +1,10 @@
 """The ``mathpe`` command: ``train``, ``eval``, ``compare``, ``pretrain``, ``swap-study``, ``verify``, ``bench``,
 ``export``, ``attention``.
 
-Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length) ends with
-a one-line ``mathpe: error: ...`` and exit status 2, never a traceback.
+Bad input (unknown PE or dataset, missing data, unreadable model, impossible precision or length, a run
+folder that belongs to another run) ends with a one-line ``mathpe: error: ...`` and exit status 2, never a
+traceback: every such error is a ``mathpe.errors.MathPEError``. Any other exception is a bug in mathpe or
+below it and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathpe.errors import MathPEError
 from mathpe.eval.tasks import DATASETS, ArithmeticSettings
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes
@@ -149,13 +153,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--experiment_name", default="mathpe")
     output.add_argument("--output_dir", default=None, help="default runs/<experiment_name>")
     output.add_argument(
-        "--resume", action="store_true", help="continue from the run folder's last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in the output folder from its newest intact checkpoint (same settings)",
+    )
+    output.add_argument(
+        "--overwrite", action="store_true", help="delete the run already in the output folder, then start"
     )
     output.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run_config_from(args: argparse.Namespace, pe: str) -> Any:
-    from mathpe.train.config import ConfigError, RunConfig
+    from mathpe.errors import ConfigError
+    from mathpe.train.config import RunConfig
 
     try:
         pe_options = json.loads(args.pe_options)
@@ -189,6 +199,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         experiment_name=args.experiment_name,
         output_dir=args.output_dir,
         resume=args.resume,
+        overwrite=args.overwrite,
         time_budget=args.time_budget,
         save_steps=args.save_steps,
         logging_steps=args.logging_steps,
@@ -254,7 +265,14 @@ def command_compare(args: argparse.Namespace) -> int:
         pes = list_pes() if args.pe == "all" else comma_list(args.pe)
     configs = [run_config_from(args, pe) for pe in pes]
     output_dir = Path(args.output_dir or f"runs/{args.experiment_name}")
-    table = run_comparison(configs, seeds=args.seeds or (args.seed,), jobs=args.jobs, output_dir=output_dir)
+    table = run_comparison(
+        configs,
+        seeds=args.seeds or (args.seed,),
+        jobs=args.jobs,
+        output_dir=output_dir,
+        progress=not args.quiet,
+        command=args.command_line,
+    )
     print(table)
     return 0
 
@@ -413,12 +431,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(COMPARE_PRESETS[args.preset].arguments).parse_args(argv)
     from mathpe.train.trainer import TrainingDivergedError
 
+    args.command_line = ["mathpe", *(sys.argv[1:] if argv is None else argv)]  # recorded with results
+    # SIGTERM ends a run like Ctrl-C, with one line. Not for compare: its worker processes would finish their
+    # runs first; there the default (the parent ends at once) stays.
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    if args.command != "compare":
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.handler(args)
     except TrainingDivergedError as error:
         print(f"mathpe: error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as error:
+    except MathPEError as error:  # only mathpe's own errors: anything else is a bug and keeps its traceback
         if os.environ.get("MATHPE_DEBUG"):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -427,6 +451,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mathpe: interrupted; --resume continues from the last checkpoint", file=sys.stderr)
         return 130
+    except Terminated:
+        print("mathpe: terminated (SIGTERM); --resume continues from the last checkpoint", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (``kill``, a job scheduler's time limit). A ``BaseException`` like
+    ``KeyboardInterrupt``, so no ``except Exception`` on the way (a compare worker's) mistakes it for a failed
+    run."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mathpe.errors import ConfigError
+
 Operation = Literal["add", "sub", "mul"]
 AnswerFormat = Literal["plain", "reversed"]
 ProblemKey = tuple[int, str, int]
@@ -236,7 +238,7 @@ def _draw_example(
                 return format_example(task, a, b)
             last_start = len(INDEX_HINTS) - _longest_number(task, a, b)
             return format_example(task, a, b, hint_rng.randrange(max(last_start, 0) + 1))
-    raise ValueError(
+    raise ConfigError(  # the digit range is too small for the held-out problems: the user's settings
         f"no {task.op} problem with {task.min_digits}-{task.max_digits} digits left after excluding "
         f"{len(exclude)} held-out problems ({MAX_REJECTIONS} draws rejected)"
     )

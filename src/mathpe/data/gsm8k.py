@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mathpe.data.jsonl import load_hub_rows, read_jsonl, resolve_data_dir
+from mathpe.data.jsonl import load_hub_rows, read_jsonl, split_file
 
 SPLITS = ("train", "test")
 HUB_DATASET = "openai/gsm8k"
@@ -76,11 +76,11 @@ def load_gsm8k(
         raise ValueError(f"GSM8K split {split!r} is not one of {list(SPLITS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit={limit} must be >= 0 or None")
-    directory = resolve_data_dir(data_dir)
-    if directory is None:
+    path = split_file("gsm8k", split, data_dir)
+    if path is None:
         examples = [_example(row) for row in load_hub_rows(HUB_DATASET, HUB_CONFIG, split)]
     else:
-        examples = read_gsm8k_file(directory / "gsm8k" / f"{split}.jsonl")
+        examples = read_gsm8k_file(path)
     return examples[:limit]
 
 

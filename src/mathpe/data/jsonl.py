@@ -7,19 +7,25 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from mathpe.errors import DataError
+
 DATA_DIR_VARIABLE = "MATHPE_DATA"
 
 
-class MalformedDataError(ValueError):
+class MalformedDataError(DataError):
     """A data line that is not a JSON object with the expected string fields."""
 
 
-class DataUnavailableError(FileNotFoundError):
+class DataUnavailableError(DataError, FileNotFoundError):
     """Data that cannot be had: a missing local file or directory, or an unreachable hub dataset."""
 
 
 def read_jsonl(path: str | Path, required_fields: Sequence[str]) -> list[dict[str, object]]:
-    """Read every non-blank line of ``path`` as a JSON object that has ``required_fields`` as strings."""
+    """Read every non-blank line of ``path`` as a JSON object that has ``required_fields`` as strings.
+
+    Raises ``DataUnavailableError`` for a missing file and ``MalformedDataError`` (naming the file and line)
+    for a bad line or a file without any record.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataUnavailableError(f"{path}: no such data file")
@@ -28,6 +34,10 @@ def read_jsonl(path: str | Path, required_fields: Sequence[str]) -> list[dict[st
         for line_number, line in enumerate(lines, start=1):
             if line.strip():
                 records.append(_parse_line(line, path, line_number, required_fields))
+    if not records:
+        raise MalformedDataError(
+            f"{path}: no examples (the file is empty); expected one JSON object per line"
+        )
     return records
 
 
@@ -63,6 +73,12 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     if not path.is_dir():
         raise DataUnavailableError(f"{path} (from {origin}): no such data directory")
     return path
+
+
+def split_file(dataset: str, split: str, data_dir: str | Path | None = None) -> Path | None:
+    """The local file of a split, ``{data_dir or $MATHPE_DATA}/{dataset}/{split}.jsonl``; None: the hub."""
+    directory = resolve_data_dir(data_dir)
+    return None if directory is None else directory / dataset / f"{split}.jsonl"
 
 
 def load_hub_rows(dataset: str, config: str | None, split: str) -> list[dict[str, object]]:

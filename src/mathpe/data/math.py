@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from mathpe.data.jsonl import load_hub_rows, read_jsonl, resolve_data_dir
+from mathpe.data.jsonl import load_hub_rows, read_jsonl, split_file
 from mathpe.eval.grading import extract_boxed_answer
 
 PromptStyle = Literal["hendrycks", "minerva"]
@@ -100,9 +100,9 @@ def load_math(split: str, data_dir: str | Path | None = None, limit: int | None 
         raise ValueError(f"MATH split {split!r} is not one of {list(SPLITS)}")
     if limit is not None and limit < 0:
         raise ValueError(f"limit={limit} must be >= 0 or None")
-    directory = resolve_data_dir(data_dir)
-    if directory is not None:
-        return read_math_file(directory / "math" / f"{split}.jsonl")[:limit]
+    path = split_file("math", split, data_dir)
+    if path is not None:
+        return read_math_file(path)[:limit]
     if split == "test500":
         rows = load_hub_rows(HUB_MATH500, None, "test")
     else:

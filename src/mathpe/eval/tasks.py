@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from mathpe.data.arithmetic import ArithmeticTask, build_splits
+from mathpe.data.gsm8k import HUB_DATASET as GSM8K_HUB
 from mathpe.data.gsm8k import load_gsm8k
+from mathpe.data.jsonl import split_file
+from mathpe.data.math import HUB_DATASET as MATH_HUB
 from mathpe.data.math import load_math
 from mathpe.eval.grading import (
     GSM8K_STOP_SEQUENCES,
@@ -56,6 +59,7 @@ class Task:
         validation_pairs: held-out pairs from the training distribution, for choosing the best checkpoint.
         train_levels: each training pair's difficulty for a length curriculum (arithmetic: its operand
             digits); empty for tasks without one.
+        train_source: where the training pairs come from (a file, a hub dataset), for error messages.
     """
 
     name: str
@@ -68,6 +72,7 @@ class Task:
     train_groups: frozenset[int | str] = field(default_factory=frozenset)
     validation_pairs: list[tuple[str, str]] = field(default_factory=list)
     train_levels: list[int] = field(default_factory=list)
+    train_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ def build_task(
             metrics=("strict_match", "flexible_extract"),
             max_new_tokens=256,
             stop=GSM8K_STOP_SEQUENCES,
+            train_source=str(split_file("gsm8k", "train", data_dir) or f"hub dataset {GSM8K_HUB!r} (train)"),
         )
     if name == "math":
         train = load_math("train", data_dir, limit=train_samples)
@@ -131,6 +137,7 @@ def build_task(
             metrics=("math_verify", "is_equiv"),
             max_new_tokens=512,
             stop=MATH_STOP_SEQUENCES,
+            train_source=str(split_file("math", "train", data_dir) or f"hub dataset {MATH_HUB!r} (train)"),
         )
     raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
 
@@ -170,6 +177,7 @@ def _arithmetic_task(
         train_groups=frozenset(range(low, high + 1)),
         validation_pairs=[(example.prompt, example.answer) for example in validation],
         train_levels=[example.operand_digits for example in train],
+        train_source=f"generated {name} problems",
     )
 
 

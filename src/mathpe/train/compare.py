@@ -9,14 +9,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import shutil
 import statistics
+import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from mathpe.errors import ConfigError
 from mathpe.eval.report import markdown_table, percent, plot_accuracy_by_length, write_json, write_text
 from mathpe.pe.registry import FOUNDING_PES
 from mathpe.train.config import RunConfig
@@ -92,13 +97,23 @@ COMPARE_PRESETS: dict[str, ComparePreset] = {
 }
 
 
-def run_comparison(configs: list[RunConfig], *, seeds: tuple[int, ...], jobs: int, output_dir: Path) -> str:
+def run_comparison(
+    configs: list[RunConfig],
+    *,
+    seeds: tuple[int, ...],
+    jobs: int,
+    output_dir: Path,
+    progress: bool = True,
+    command: list[str] | None = None,
+) -> str:
     """Run every config for every seed, ``jobs`` at a time; write comparison.json/.md and the plot.
 
-    Returns the Markdown table (also printed by the CLI).
+    ``progress``: a line on stderr per finished run (PE, seed, headline score, seconds, runs done, ETA).
+    ``command``: the command line, recorded in comparison.json. Returns the Markdown table (also printed by
+    the CLI).
     """
     if jobs < 1:
-        raise ValueError(f"--jobs must be a positive integer, got {jobs}")
+        raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
     runs = [
         dataclasses.replace(
             config,
@@ -110,14 +125,106 @@ def run_comparison(configs: list[RunConfig], *, seeds: tuple[int, ...], jobs: in
         for config in configs
         for seed in seeds
     ]
+    claim_comparison_dir(output_dir, runs)
+    environment = comparison_environment(runs[0].threads, jobs, command)  # before the code can change
+    report = ProgressReport(len(runs), output_dir, jobs) if progress else None
     started = time.monotonic()
+    summaries: list[dict[str, Any]] = [{} for _ in runs]
     if jobs == 1:
-        summaries = [_run_one(run) for run in runs]
+        for index, run in enumerate(runs):
+            summaries[index] = _run_one(run)
+            if report:
+                report.finished(summaries[index])
     else:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            summaries = list(pool.map(_run_one, runs))
+            futures = {pool.submit(_run_one, run): index for index, run in enumerate(runs)}
+            for future in as_completed(futures):
+                summaries[futures[future]] = future.result()
+                if report:
+                    report.finished(summaries[futures[future]])
     wall_seconds = time.monotonic() - started
-    return write_comparison(output_dir, configs, summaries, wall_seconds=wall_seconds, jobs=jobs)
+    return write_comparison(
+        output_dir, configs, summaries, wall_seconds=wall_seconds, jobs=jobs, environment=environment
+    )
+
+
+def comparison_environment(threads: int | None, jobs: int, command: list[str] | None) -> dict[str, Any]:
+    """What the numbers depend on besides the settings: code, command, threads, machine and versions.
+
+    ``make check-results`` compares a fresh run with a committed table exactly only when these match.
+    """
+    from mathpe.train.run import library_versions, machine, source_revision
+
+    return {
+        "source": source_revision(),
+        "command": command,
+        "threads_per_run": threads or torch.get_num_threads(),
+        "jobs": jobs,
+        "machine": machine(),
+        "versions": library_versions(),
+    }
+
+
+class ProgressReport:
+    """``mathpe compare``'s progress on stderr: a start line, then one line per finished run with an ETA."""
+
+    def __init__(self, total: int, output_dir: Path, jobs: int) -> None:
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        print(
+            f"mathpe compare: {total} runs, {jobs} at a time, into {output_dir}", file=sys.stderr, flush=True
+        )
+
+    def finished(self, summary: dict[str, Any]) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        if "error" in summary:
+            outcome = f"failed ({summary['error'].splitlines()[0][:120]})"
+        else:
+            scores = [f"{m['headline']} {percent(m[m['headline']])}%" for m in summary["metrics"].values()]
+            took = "read back" if summary.get("read_back") else f"{summary['seconds']:.0f} s"
+            outcome = f"{', '.join(scores)} ({took})"
+        # Runs take about the same time, so the mean so far times the runs left is a fair estimate.
+        eta = elapsed / self.done * (self.total - self.done)
+        print(
+            f"[{self.done}/{self.total}] {summary['pe']} seed {summary['seed']}: {outcome}; "
+            f"elapsed {_duration(elapsed)}, ETA {_duration(eta)}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def claim_comparison_dir(output_dir: Path, runs: list[RunConfig]) -> None:
+    """The run folder rules of ``mathpe train`` for a whole comparison, checked before any run starts.
+
+    A folder holding a comparison (comparison.json or a run) is refused without ``--resume`` or
+    ``--overwrite`` (which deletes it); with ``--resume`` every run already there must have the settings
+    asked for now (``mathpe.train.run.claim_run_dir``).
+    """
+    from mathpe.train.run import build_tasks, claim_run_dir, holds_run, identity_settings
+
+    existing = (
+        [path for path in output_dir.iterdir() if path.is_dir() and holds_run(path)]
+        if output_dir.is_dir()
+        else []
+    )
+    if not existing and not (output_dir / "comparison.json").exists():
+        return
+    resume, overwrite = runs[0].resume, runs[0].overwrite
+    if overwrite:
+        shutil.rmtree(output_dir)
+    elif not resume:
+        raise ConfigError(
+            f"{output_dir} already holds a comparison; continue it with --resume or replace it with --overwrite"
+        )
+    else:
+        for run in runs:
+            if holds_run(run.run_dir):
+                claim_run_dir(run, identity_settings(run, build_tasks(run)))
 
 
 def _run_one(config: RunConfig) -> dict[str, Any]:
@@ -133,6 +240,7 @@ def _run_one(config: RunConfig) -> dict[str, Any]:
         finished = json.loads(metrics_file.read_text())
         return {"pe": config.pe, "seed": config.seed, "metrics": finished["datasets"], "train": finished["train"],
                 "best": finished.get("best_checkpoint"), "read_back": True}  # fmt: skip
+    started = time.monotonic()
     try:
         result = run_experiment(config, progress=False)
     except Exception as error:  # a PE that fails must not hide the others' results
@@ -148,6 +256,7 @@ def _run_one(config: RunConfig) -> dict[str, Any]:
         "metrics": result.metrics,
         "train": result.train,
         "best": result.best,
+        "seconds": time.monotonic() - started,
     }
 
 
@@ -158,8 +267,12 @@ def write_comparison(
     *,
     wall_seconds: float,
     jobs: int,
+    environment: dict[str, Any] | None = None,
 ) -> str:
-    """Aggregate per PE (mean and best seed) and write comparison.json, comparison.md and the plot."""
+    """Aggregate per PE (mean and best seed) and write comparison.json, comparison.md and the plot.
+
+    ``environment``: ``comparison_environment``, stored in comparison.json and summed up in comparison.md.
+    """
     datasets = configs[0].datasets
     by_pe: dict[str, list[dict[str, Any]]] = {}
     for summary in summaries:
@@ -211,7 +324,8 @@ def write_comparison(
         + ".\n"
     )
     length_tables = "".join(_length_table(rows, dataset) for dataset in datasets)
-    write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}{length_tables}")
+    made = _environment_note(environment) if environment else ""
+    write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}{made}{length_tables}")
     write_json(
         output_dir / "comparison.json",
         {
@@ -221,6 +335,7 @@ def write_comparison(
             "wall_seconds": wall_seconds,
             "jobs": jobs,
             "settings": configs[0].to_dict() | {"pe": None, "seed": None},
+            "environment": environment,
         },
     )
     if curves:
@@ -231,6 +346,19 @@ def write_comparison(
             train_max=configs[0].arithmetic.train_digits[1],
         )
     return table + note
+
+
+def _environment_note(environment: dict[str, Any]) -> str:
+    """One Markdown line: the commit, threads, CPU and versions the numbers were made with."""
+    source, versions = environment["source"], environment["versions"]
+    commit = "no git checkout" if source["commit"] is None else f"commit {source['commit'][:12]}"
+    if source["clean"] is False:
+        commit += " with uncommitted changes"
+    return (
+        f"\nMade at {commit}, {environment['threads_per_run']} torch thread(s) per run on "
+        f"{environment['machine']['cpu']} ({environment['machine']['cpu_capability']}), torch {versions['torch']}, "
+        f"transformers {versions['transformers']}, accelerate {versions['accelerate']}.\n"
+    )
 
 
 def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:

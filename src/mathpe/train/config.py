@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mathpe.errors import ConfigError
 from mathpe.eval.tasks import ARITHMETIC_OPS, DATASETS, ArithmeticSettings
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes, pe_class, pe_options
@@ -16,9 +18,26 @@ from mathpe.pe import list_pes, pe_class, pe_options
 #: PEs are tested at up to this multiple of the model's context length (all but ``learned``).
 MAX_LENGTH_MULTIPLE = 8
 
-
-class ConfigError(ValueError):
-    """A setting the user gave is not allowed; the message names the value and what is allowed."""
+#: The settings ``--resume`` may change: the training budget, the checkpoint and logging cadence, speed,
+#: evaluation batch size and where the run folder and data are. Every other ``RunConfig`` field identifies
+#: the run and must equal the run folder's config.json (the data itself is compared by its hash, so
+#: ``data_dir`` may move). A new field is therefore part of a run's identity unless it is listed here.
+RESUMABLE_SETTINGS: frozenset[str] = frozenset(
+    {
+        "max_steps",
+        "epochs",
+        "time_budget",
+        "save_steps",
+        "logging_steps",
+        "threads",
+        "eval_batch_size",
+        "output_dir",
+        "resume",
+        "overwrite",
+        "experiment_name",
+        "data_dir",
+    }
+)
 
 
 @dataclass
@@ -51,6 +70,7 @@ class RunConfig:
     experiment_name: str = "mathpe"
     output_dir: str | None = None
     resume: bool = False
+    overwrite: bool = False
     time_budget: float | None = None
     save_steps: int = 200
     logging_steps: int = 10
@@ -79,6 +99,22 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings: dict[str, Any]) -> RunConfig:
+        """The config ``to_dict`` wrote to JSON (config.json, comparison.json); other keys are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in settings.items() if key in names}
+        values["arithmetic"] = ArithmeticSettings(
+            **{
+                key: tuple(value) if isinstance(value, list) else value
+                for key, value in values.get("arithmetic", {}).items()
+            }
+        )
+        for name in ("datasets", "eval_offsets"):
+            if name in values:
+                values[name] = tuple(values[name])
+        return cls(**values)
 
     def validate(self) -> RunConfig:
         """Raise ``ConfigError`` naming the first bad setting; return self when all are fine."""
@@ -124,6 +160,8 @@ class RunConfig:
         self.check_eval_offsets()
         if self.time_budget is not None and self.time_budget <= 0:
             raise ConfigError(f"--time_budget must be a positive number of seconds, got {self.time_budget}")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
         if self.fp16 and self.bf16:
             raise ConfigError("--fp16 and --bf16 exclude each other; choose one")
         if self.fp16 and not torch.cuda.is_available():
@@ -173,6 +211,23 @@ class RunConfig:
                 else f"mathpe supports up to {MAX_LENGTH_MULTIPLE}x the model's {context_length}-token context"
             )
             raise ConfigError(f"--max_length {self.max_length} is beyond what the model supports: {why}")
+
+
+def differing_settings(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    """``"name: saved -> requested"`` for each identity setting (not in ``RESUMABLE_SETTINGS``) that differs.
+
+    Both are config.json-style dicts (JSON values); nested dicts (``arithmetic``) are compared key by key.
+    A setting the saved run does not record (an older mathpe) is not compared.
+    """
+    differences = []
+    for name, value in json.loads(json.dumps(requested)).items():
+        if name in RESUMABLE_SETTINGS or name not in saved:
+            continue
+        if isinstance(value, dict) and isinstance(saved[name], dict):
+            differences += [f"{name}.{item}" for item in differing_settings(saved[name], value)]
+        elif saved[name] != value:
+            differences.append(f"{name}: {saved[name]!r} -> {value!r}")
+    return differences
 
 
 def _looks_like_path(name: str) -> bool:

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from mathpe.data.tokenizer import ArithmeticTokenizer
-from mathpe.eval.tasks import ArithmeticSettings, build_task
+from mathpe.errors import ConfigError
+from mathpe.eval.tasks import build_task
 from mathpe.train.config import RunConfig
 from mathpe.train.run import evaluate_and_report, evaluate_checkpoint
 from mathpe.train.setup import load_saved_model
@@ -24,19 +25,9 @@ def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     """The ``RunConfig`` a run was made with, and the raw config.json."""
     path = run_dir / "config.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {run_dir} is not a mathpe run folder")
+        raise ConfigError(f"{path} not found: {run_dir} is not a mathpe run folder")
     raw = json.loads(path.read_text())
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    settings = {key: value for key, value in raw.items() if key in fields}
-    settings["arithmetic"] = ArithmeticSettings(
-        **{
-            key: tuple(value) if isinstance(value, list) else value
-            for key, value in settings.get("arithmetic", {}).items()
-        }
-    )
-    settings["datasets"] = tuple(settings["datasets"])
-    settings["eval_offsets"] = tuple(settings.get("eval_offsets", ()))
-    return RunConfig(**settings), raw
+    return RunConfig.from_dict(raw), raw
 
 
 def load_run_tokenizer(model_dir: Path, tokenizer_class: str) -> PreTrainedTokenizerBase:
@@ -68,6 +59,10 @@ def evaluate_saved_run(
     if config.threads:
         torch.set_num_threads(config.threads)
     model_dir = run_dir / "model"
+    if not model_dir.is_dir():
+        raise ConfigError(
+            f"{model_dir} not found: the run has not finished (continue it with mathpe train --resume)"
+        )
     tokenizer = load_run_tokenizer(model_dir, raw.get("tokenizer", ""))
     model = load_saved_model(model_dir, config)
     tasks = [

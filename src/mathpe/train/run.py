@@ -1,7 +1,7 @@
 """One run end to end: data, model, training, evaluation, and the run folder's outputs.
 
 Run folder (``--output_dir``, default ``runs/<experiment_name>``):
-    config.json        every setting, resolved PE options, library versions, seed
+    config.json        every setting, resolved PE options, the data's hash, mathpe's git commit, versions
     checkpoint-N/      Trainer checkpoints (atomic), for ``--resume``
     runs/              TensorBoard logs
     model/             the final model and tokenizer (``from_pretrained``-loadable), LoRA merged
@@ -14,14 +14,21 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import platform
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import accelerate
 import torch
 import transformers
 from transformers import (
@@ -33,7 +40,8 @@ from transformers import (
 )
 
 import mathpe
-from mathpe.data.collate import PaddingCollator, encode_example
+from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
+from mathpe.errors import ConfigError, DataError, MathPEError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.report import (
     length_curves,
@@ -44,14 +52,16 @@ from mathpe.eval.report import (
     write_text,
 )
 from mathpe.eval.tasks import Task, build_task
-from mathpe.train.config import RunConfig
+from mathpe.train.config import RunConfig, differing_settings
 from mathpe.train.setup import apply_lora, build_model, build_tokenizer, load_saved_model, resolved_pe_options
 from mathpe.train.trainer import (
     MathPETrainer,
     NonFiniteLossCallback,
     TimeBudgetCallback,
     TrainingDivergedError,
+    checkpoints,
     last_checkpoint,
+    resume_checkpoint,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,20 +90,17 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     run_dir = config.run_dir
-    tokenizer = build_tokenizer(config)
-    tasks = [
-        build_task(
-            name,
-            seed=config.seed,
-            train_samples=config.train_samples,
-            eval_samples=config.eval_samples,
-            data_dir=config.data_dir,
-            arithmetic=config.arithmetic,
-        )
-        for name in config.datasets
-    ]
-    model = build_model(config, tokenizer)
-    write_json(run_dir / "config.json", run_settings(config, tokenizer, model))
+    with model_settings_errors(config):
+        tokenizer = build_tokenizer(config)
+    tasks = build_tasks(config)
+    identity = identity_settings(config, tasks)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, before Trainer starts
+    if main_process:
+        claim_run_dir(config, identity)
+    with model_settings_errors(config):
+        model = build_model(config, tokenizer)
+    if main_process:
+        write_json(run_dir / "config.json", {**run_settings(config, tokenizer, model), **identity})
 
     model, train_stats = train(config, model, tokenizer, tasks, progress=progress)
     # A from-scratch decoder's base weights are saved nowhere, so only a pretrained model's adapter is of use.
@@ -115,6 +122,126 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
             device=trained.device,
         )
     return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, best=best, progress=progress)
+
+
+def build_tasks(config: RunConfig) -> list[Task]:
+    """The run's datasets as tasks: training pairs, evaluation items, grader."""
+    return [
+        build_task(
+            name,
+            seed=config.seed,
+            train_samples=config.train_samples,
+            eval_samples=config.eval_samples,
+            data_dir=config.data_dir,
+            arithmetic=config.arithmetic,
+        )
+        for name in config.datasets
+    ]
+
+
+def identity_settings(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
+    """What ``--resume`` compares with the run folder's config.json: every setting, and ``data_sha256``.
+
+    ``data_sha256`` hashes the data the run actually uses (training, validation and evaluation items of
+    every task), so the same files under another ``--data_dir`` match and an edited file does not.
+    """
+    digest = hashlib.sha256()
+    for task in tasks:
+        items = [(item.prompt, item.reference, item.group) for item in task.eval_items]
+        digest.update(json.dumps([task.name, task.train_pairs, task.validation_pairs, items]).encode())
+    return {**config.to_dict(), "data_sha256": digest.hexdigest()}
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished or partial run: its settings, metrics, model or a checkpoint."""
+    return any((run_dir / name).exists() for name in ("config.json", "metrics.json", "model")) or bool(
+        checkpoints(run_dir)
+    )
+
+
+def claim_run_dir(config: RunConfig, identity: dict[str, Any]) -> None:
+    """Make ``config.run_dir`` this run's before anything is written into it.
+
+    A folder that holds a run is refused unless ``--overwrite`` (its contents are deleted) or ``--resume``
+    with the same identity settings (``differing_settings``: everything but the budget-like
+    ``RESUMABLE_SETTINGS``, plus the data's hash). Resuming under another mathpe commit warns.
+    """
+    run_dir = config.run_dir
+    if not holds_run(run_dir):
+        return
+    if config.overwrite:
+        shutil.rmtree(run_dir)
+        return
+    if not config.resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run; continue it with --resume or replace it with --overwrite"
+        )
+    path = run_dir / "config.json"
+    if not path.is_file():  # checkpoints without settings (a run from before config.json): nothing to compare
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{path}: unreadable ({type(error).__name__}); cannot check --resume's settings"
+        ) from None
+    differences = differing_settings(saved, identity)
+    if differences:
+        raise ConfigError(
+            f"--resume: {run_dir} holds a run with other settings ({'; '.join(differences)}); "
+            "choose another --output_dir, or --overwrite to replace it"
+        )
+    saved_commit, commit = (saved.get("source") or {}).get("commit"), source_revision()["commit"]
+    if saved_commit and commit and saved_commit != commit:
+        logger.warning(
+            "--resume: %s was started at mathpe commit %s, this is %s: the run mixes two versions of the code",
+            run_dir,
+            saved_commit[:12],
+            commit[:12],
+        )
+
+
+def source_revision() -> dict[str, Any]:
+    """The git commit of mathpe's sources and whether their tracked files are unmodified.
+
+    ``{"commit": None, "clean": None}`` when mathpe does not run from a git checkout (an installed wheel).
+    """
+    package = Path(mathpe.__file__).parent
+
+    def git(*arguments: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["git", "-C", str(package), *arguments], capture_output=True, text=True, timeout=30
+        )
+
+    try:
+        if git("ls-files", "--error-unmatch", "__init__.py").returncode:  # an installed copy, not a checkout
+            return {"commit": None, "clean": None}
+        commit = git("rev-parse", "HEAD").stdout.strip() or None
+        modified = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.SubprocessError):  # no git
+        return {"commit": None, "clean": None}
+    return {"commit": commit, "clean": not modified}
+
+
+@contextlib.contextmanager
+def model_settings_errors(config: RunConfig) -> Iterator[None]:
+    """Turn a rejection of the user's model or PE settings into a one-line ``ConfigError``.
+
+    The PE classes (an option value out of range), transformers' loaders and ``mathpe.hf.load_model`` (an
+    unreadable model or tokenizer, an unsupported architecture) raise ``ValueError`` / ``OSError``; inside
+    this block their only input is the user's ``--model_size``, ``--pe`` and ``--pe_options``, so the
+    message names those.
+    """
+    try:
+        yield
+    except MathPEError:
+        raise
+    except (ValueError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(
+            f"--model_size {config.model_size!r} --pe {config.pe!r} --pe_options "
+            f"'{json.dumps(config.pe_options)}': {reason}"
+        ) from error
 
 
 def evaluate_checkpoint(
@@ -143,18 +270,44 @@ def evaluate_checkpoint(
 def run_settings(
     config: RunConfig, tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel
 ) -> dict[str, Any]:
-    """config.json: every setting, the resolved PE options, model size and library versions."""
+    """config.json: every setting, the resolved PE options, model size, code, machine and library versions."""
     return {
         **config.to_dict(),
         "resolved_pe_options": resolved_pe_options(config, tokenizer),
         "parameters": model.num_parameters(),
         "tokenizer": type(tokenizer).__name__,
-        "versions": {
-            "mathpe": mathpe.__version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
+        "source": source_revision(),
+        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
+        "versions": library_versions(),
+    }
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of what a run's numbers depend on: mathpe, torch, transformers, accelerate, Python."""
+    return {
+        "mathpe": mathpe.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def machine() -> dict[str, Any]:
+    """The CPU (model name, core count, the vector instructions torch's kernels use) and the OS."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):  # Linux names the CPU model in /proc/cpuinfo
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
     }
 
 
@@ -207,9 +360,7 @@ def train(
     Raises ``TrainingDivergedError`` when the loss turns NaN/inf.
     """
     features = [
-        encode_example(tokenizer, prompt, target, config.max_length)
-        for task in tasks
-        for prompt, target in task.train_pairs
+        feature for task in tasks for feature in supervised_features(task, tokenizer, config.max_length)
     ]
     validation = [
         encode_example(tokenizer, prompt, target, config.max_length)
@@ -234,7 +385,7 @@ def train(
     # With the progress bar off, Trainer prints every log line instead; keep quiet runs quiet.
     if not progress:
         trainer.remove_callback(PrinterCallback)
-    resume_from = last_checkpoint(config.run_dir) if config.resume else None
+    resume_from = resume_checkpoint(config.run_dir) if config.resume else None
     if config.resume and resume_from is None:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", config.run_dir)
     started = time.monotonic()
@@ -259,6 +410,32 @@ def train(
         "best_validation_loss": trainer.state.best_metric,
         "is_main_process": trainer.is_world_process_zero(),
     }
+
+
+def supervised_features(
+    task: Task, tokenizer: PreTrainedTokenizerBase, max_length: int | None
+) -> list[dict[str, list[int]]]:
+    """The task's encoded training pairs that keep an answer token within ``max_length``.
+
+    A pair cut inside its prompt teaches nothing (and a batch of them has no loss at all): it is left out with
+    a one-line warning; a ``DataError`` when none is left.
+    """
+    encoded = [encode_example(tokenizer, prompt, target, max_length) for prompt, target in task.train_pairs]
+    kept = [feature for feature in encoded if any(label != IGNORE_INDEX for label in feature["labels"])]
+    if not kept:
+        raise DataError(
+            f"{task.train_source}: none of the {len(encoded)} {task.name} training examples keeps an answer token within "
+            f"--max_length {max_length}; raise --max_length"
+        )
+    if len(kept) < len(encoded):
+        logger.warning(
+            "%s: %d of %d training examples have no answer token within --max_length %s; left out",
+            task.train_source,
+            len(encoded) - len(kept),
+            len(encoded),
+            max_length,
+        )
+    return kept
 
 
 def evaluate_and_report(

@@ -5,6 +5,7 @@ gradient checkpointing, TensorBoard logs, a progress bar and exact resumption (o
 and data position). What it lacks, and this module adds:
 - checkpoints written atomically: saved into a staging folder, then renamed into place, so a run killed
   mid-save never leaves a half-written ``checkpoint-N`` for ``--resume`` to pick up;
+- ``--resume`` from the newest intact checkpoint, skipping ones damaged after the fact (``checkpoint_problem``);
 - the PE's own parameters saved with LoRA checkpoints (PEFT saves adapters only);
 - a stop with a clear message when the loss turns NaN/inf, keeping the last good checkpoint;
 - a wall-clock budget per run (``--time_budget``);
@@ -13,22 +14,29 @@ and data position). What it lacks, and this module adds:
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from mathpe.errors import ConfigError
 from mathpe.pe import PositionalEncoding
 from mathpe.train.curriculum import LengthCurriculumSampler
+
+logger = logging.getLogger(__name__)
 
 STAGING_DIR = ".staging"
 PE_STATE_FILE = "mathpe_pe.safetensors"
@@ -166,11 +174,68 @@ class TimeBudgetCallback(TrainerCallback):
             control.should_save = True
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run folder, or None."""
-    checkpoints = [
+def checkpoints(run_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` folders of a run folder, newest (largest N) first."""
+    found = [
         path
         for path in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
         if path.is_dir() and path.name.split("-")[-1].isdigit()
     ]
-    return max(checkpoints, key=lambda path: int(path.name.split("-")[-1]), default=None)
+    return sorted(found, key=lambda path: int(path.name.split("-")[-1]), reverse=True)
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run folder, or None."""
+    return next(iter(checkpoints(run_dir)), None)
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``Trainer`` could not resume from ``checkpoint`` (a file missing, truncated or unreadable), or None.
+
+    Cheap, no tensor is read: trainer_state.json must parse, every safetensors file must open (safetensors
+    checks its header against the file size) and every torch-saved file (optimizer, scheduler, RNG state)
+    must end in its zip directory, which a truncated file lacks. Checkpoints are written atomically, so this
+    catches damage after the fact: a full disk, a killed copy, a file system error.
+    """
+    try:
+        json.loads((checkpoint / TRAINER_STATE_NAME).read_text())
+    except (OSError, ValueError) as error:
+        return f"{TRAINER_STATE_NAME}: {type(error).__name__}"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights:
+        return "no *.safetensors weights"
+    for path in weights:
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+            return (
+                f"{path.name}: {str(error).strip().splitlines()[0] if str(error).strip() else 'unreadable'}"
+            )
+    for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
+        if not zipfile.is_zipfile(path):
+            return f"{path.name}: truncated or not a torch file"
+    return None
+
+
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The newest intact checkpoint of ``run_dir`` to resume from (None when there is none at all).
+
+    Damaged newer checkpoints are skipped with a one-line warning; a ``ConfigError`` when every checkpoint
+    is damaged.
+    """
+    damaged = []
+    for checkpoint in checkpoints(run_dir):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            if damaged:
+                logger.warning(
+                    "--resume: skipping damaged %s; resuming from %s", ", ".join(damaged), checkpoint
+                )
+            return checkpoint
+        damaged.append(f"{checkpoint.name} ({problem})")
+    if damaged:
+        raise ConfigError(
+            f"--resume: no intact checkpoint in {run_dir}: {', '.join(damaged)}; start again with --overwrite"
+        )
+    return None

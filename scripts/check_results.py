@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""``make check-results``: re-run the cheapest committed cell and compare it with the committed numbers.
+
+    python scripts/check_results.py [--results results/quick] [--pe rope] [--seed 0] [--tolerance 10]
+
+Runs one PE and seed of a committed comparison (default: ``rope`` of ``results/quick``, ~70 s on one
+thread) with the settings stored in its comparison.json, then compares the exact-match accuracy per
+operand length with the committed one:
+
+- *exact*, when the committed comparison.json records an environment (torch threads per run, CPU model and
+  vector instructions, torch / transformers / accelerate versions) equal to this one: training on the CPU
+  is deterministic for a seed there, so every number must be equal (a commit that moves them must
+  regenerate them);
+- *within tolerance* otherwise: the overall accuracy may differ by ``--tolerance`` percentage points.
+  Floating-point sums in another kernel, thread count or library version round differently; over 1,000
+  steps that moves a tiny model's accuracy on 300 problems by several points (quick table, rope: 17.7%
+  committed; 20.7% on an AMD EPYC (AVX2) machine with the same torch and transformers, 14.7% there with
+  torch's and MKL's generic kernels forced: ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2).
+
+Exit status 0 when the numbers agree, 1 when they do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mathpe.eval.report import percent
+from mathpe.train.compare import comparison_environment
+from mathpe.train.config import RunConfig
+from mathpe.train.run import run_experiment
+
+#: What must be equal for a run to be expected to reproduce a committed number bit for bit.
+#: Not the commit: a commit that moves committed numbers must regenerate them, which is what this checks.
+ENVIRONMENT_KEYS = (
+    ("threads_per_run",),
+    ("machine", "cpu"),
+    ("machine", "cpu_capability"),
+    ("versions", "torch"),
+    ("versions", "transformers"),
+    ("versions", "accelerate"),
+)
+
+
+def environment_differences(committed: dict | None, current: dict) -> list[str]:
+    """``"key: committed -> current"`` for each environment entry that differs (all when none is recorded)."""
+    if not committed:
+        return ["the committed results record no environment"]
+    differences = []
+    for path in ENVIRONMENT_KEYS:
+        old, new = committed, current
+        for key in path:
+            old, new = (old or {}).get(key), (new or {}).get(key)
+        if old != new:
+            differences.append(f"{'.'.join(path)}: {old} -> {new}")
+    return differences
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("results/quick"))
+    parser.add_argument("--pe", default="rope")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tolerance", type=float, default=10.0, help="percentage points, overall accuracy")
+    parser.add_argument(
+        "--output_dir", type=Path, default=None, help="keep the run here (default: temporary)"
+    )
+    args = parser.parse_args()
+
+    comparison = json.loads((args.results / "comparison.json").read_text())
+    committed_environment = comparison.get("environment")
+    threads = (committed_environment or {}).get("threads_per_run") or 1
+    row = comparison["pes"][args.pe]
+    seed_index = row["seeds"].index(args.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        config = dataclasses.replace(
+            RunConfig.from_dict(comparison["settings"]),
+            pe=args.pe,
+            seed=args.seed,
+            threads=threads,
+            output_dir=str(args.output_dir or Path(scratch) / "run"),
+            overwrite=True,
+        )
+        torch.set_num_threads(threads)
+        current_environment = comparison_environment(threads, 1, sys.argv)
+        print(
+            f"check-results: {args.pe} seed {args.seed} of {args.results}, {threads} thread(s) ...",
+            flush=True,
+        )
+        metrics = run_experiment(config, progress=False).metrics
+
+    failures, exact = [], not environment_differences(committed_environment, current_environment)
+    for dataset, measured in metrics.items():
+        headline, expected = measured["headline"], row[dataset]
+        committed_overall = expected["per_seed"][seed_index]
+        print(
+            f"{dataset} {headline}: committed {percent(committed_overall)}%, now {percent(measured[headline])}%"
+        )
+        if exact:
+            committed_by_length = expected["by_length_mean"] if len(row["seeds"]) == 1 else None
+            now_by_length = {str(k): v for k, v in measured["by_group"][headline].items()}
+            if measured[headline] != committed_overall or (
+                committed_by_length and committed_by_length != now_by_length
+            ):
+                failures.append(
+                    f"{dataset}: differs in the same environment ({committed_by_length} -> {now_by_length})"
+                )
+        elif abs(measured[headline] - committed_overall) * 100 > args.tolerance:
+            failures.append(f"{dataset}: {percent(committed_overall)}% -> {percent(measured[headline])}%")
+    if exact:
+        print("mode: exact (same threads, CPU and torch/transformers/accelerate versions)")
+    else:
+        print(f"mode: within {args.tolerance:g} percentage points; the environment differs:")
+        for difference in environment_differences(committed_environment, current_environment):
+            print(f"  {difference}")
+    print("FAILED: " + "; ".join(failures) if failures else "OK: the committed numbers reproduce")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

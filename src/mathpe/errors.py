@@ -1,0 +1,21 @@
+"""mathpe's own error types: a user's mistake or unusable input, as opposed to a bug inside mathpe.
+
+The ``mathpe`` command prints a ``MathPEError`` as one line ``mathpe: error: ...`` and exits with status 2;
+any other exception keeps its traceback (exit status 1), so a bug never passes for a user mistake. The
+subclasses also derive from the built-in type library callers already catch (``ValueError`` for bad
+settings and data, ``FileNotFoundError`` for missing data).
+"""
+
+from __future__ import annotations
+
+
+class MathPEError(Exception):
+    """Bad input from the user: the message names the bad value (or file) and what is allowed."""
+
+
+class ConfigError(MathPEError, ValueError):
+    """A setting the user gave is not allowed, or does not fit the run folder it points at."""
+
+
+class DataError(MathPEError, ValueError):
+    """A data file that cannot be used (empty, malformed, no usable example); the message starts with its path."""
