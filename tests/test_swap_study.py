@@ -73,4 +73,4 @@ def test_bad_regime_and_pe_are_one_line_errors(study, capsys) -> None:
     assert main([*arguments, "--regimes", "full"]) == 2
     assert "unknown regime(s) ['full']" in capsys.readouterr().err
     assert main([*arguments, "--pes", "rope,ropee"]) == 2
-    assert "unknown PE 'ropee'" in capsys.readouterr().err
+    assert "unknown PE(s) ['ropee']" in capsys.readouterr().err

@@ -17,5 +17,9 @@ class ConfigError(MathPEError, ValueError):
     """A setting the user gave is not allowed, or does not fit the run folder it points at."""
 
 
+class ModelLoadError(MathPEError, OSError):
+    """A model the user named cannot be read (missing folder, unreadable config or weights)."""
+
+
 class DataError(MathPEError, ValueError):
     """A data file that cannot be used (empty, malformed, no usable example); the message starts with its path."""

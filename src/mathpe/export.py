@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from mathpe.errors import ConfigError
 from mathpe.train.config import RunConfig
 from mathpe.train.evaluate_run import load_run_config, load_run_tokenizer
 from mathpe.train.setup import load_saved_model
@@ -40,13 +41,13 @@ def export_model(source: str | Path, output_dir: str | Path, *, dtype: str | Non
     """
     source, output_dir = Path(source), Path(output_dir)
     if dtype is not None and dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise OSError(f"{output_dir} exists and is not an empty folder; export into a new one")
+        raise ConfigError(f"{output_dir} exists and is not an empty folder; export into a new one")
     is_checkpoint = source.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
     run_dir = source.parent if is_checkpoint else source
     if not source.is_dir():
-        raise OSError(f"{source} is not a folder; give a run folder or one of its checkpoint-N folders")
+        raise ConfigError(f"{source} is not a folder; give a run folder or one of its checkpoint-N folders")
     config, raw = load_run_config(run_dir)
     model_dir = run_dir / "model"
     if is_checkpoint and (source / ADAPTER_CONFIG).is_file():
@@ -71,7 +72,7 @@ def _merged_lora_checkpoint(checkpoint: Path, config: RunConfig) -> PreTrainedMo
     from mathpe.hf import load_model
 
     if config.is_preset:
-        raise ValueError(
+        raise ConfigError(
             f"{checkpoint} is a LoRA checkpoint of a from-scratch decoder, whose base weights are saved nowhere; "
             "export the run folder (its merged model/) instead"
         )

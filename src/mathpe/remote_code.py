@@ -20,6 +20,8 @@ import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mathpe.errors import ConfigError
+
 #: config.json key holding the folder's format version, and the version this mathpe writes and reads.
 FORMAT_KEY = "mathpe_format"
 FORMAT_VERSION = 1
@@ -32,7 +34,7 @@ REMOTE_CODE_SOURCE = Path(__file__).parent / "hf" / REMOTE_CODE_FILE
 TOKENIZER_AUTO_MAP = {"AutoTokenizer": [f"{REMOTE_CODE_MODULE}.ArithmeticTokenizer", None]}
 
 
-class NewerFormatError(ValueError):
+class NewerFormatError(ConfigError):
     """A model folder written by a newer mathpe than the installed one."""
 
 

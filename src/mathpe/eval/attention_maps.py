@@ -13,15 +13,16 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from mathpe.errors import ConfigError
 from mathpe.train.evaluate_run import load_run_tokenizer
 
 
 def resolve_model_dir(path: Path) -> Path:
-    """A model folder itself, or the ``model/`` folder of a run; a one-line FileNotFoundError otherwise."""
+    """A model folder itself, or the ``model/`` folder of a run; a one-line ConfigError otherwise."""
     for candidate in (path, path / "model"):
         if (candidate / "config.json").is_file() and (candidate / "tokenizer_config.json").is_file():
             return candidate
-    raise FileNotFoundError(f"{path} is neither a run folder nor a saved model with its tokenizer")
+    raise ConfigError(f"{path} is neither a run folder nor a saved model with its tokenizer")
 
 
 def load_model_and_tokenizer(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -47,7 +48,7 @@ def _choose(requested: Sequence[int] | None, available: int, what: str) -> list[
     bad = [index for index in requested if not 0 <= index < available]
     if bad:
         listed = ", ".join(map(str, bad))
-        raise ValueError(
+        raise ConfigError(
             f"{what} {listed} out of range; the model has {available} {what}s (0-{available - 1})"
         )
     return list(requested)
@@ -116,7 +117,7 @@ def write_attention_png(
         the plotted maps, ``{(layer, head): (seq, seq) tensor}``.
     """
     if not prompt:
-        raise ValueError("--prompt is empty; give the text whose attention to plot, e.g. '12+34='")
+        raise ConfigError("--prompt is empty; give the text whose attention to plot, e.g. '12+34='")
     model, tokenizer = load_model_and_tokenizer(source)
     input_ids = tokenizer(prompt, return_tensors="pt").input_ids
     maps = attention_maps(model, input_ids, layers, heads)

@@ -13,6 +13,7 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from mathpe import __version__
+from mathpe.errors import ConfigError, ModelLoadError
 from mathpe.hf.swap import (
     CONFIG_OPTIONS_KEY,
     CONFIG_PE_KEY,
@@ -26,17 +27,17 @@ from mathpe.hf.swap import (
 from mathpe.pe import list_pes
 
 
-def _cannot_load(name_or_path: str, error: Exception) -> OSError:
-    """A one-line OSError naming ``name_or_path`` and the first line of ``error``."""
+def _cannot_load(name_or_path: str, error: Exception) -> ModelLoadError:
+    """A one-line ``ModelLoadError`` (an OSError) naming ``name_or_path`` and the first line of ``error``."""
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return OSError(f"cannot load a model from {name_or_path!r}: {reason}")
+    return ModelLoadError(f"cannot load a model from {name_or_path!r}: {reason}")
 
 
 def _load_config(name_or_path: str) -> PretrainedConfig:
     """The model config, or a one-line OSError naming ``name_or_path`` when it cannot be read."""
     looks_local = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
     if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise OSError(f"cannot load a model from {name_or_path!r}: no such directory")
+        raise ModelLoadError(f"cannot load a model from {name_or_path!r}: no such directory")
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
@@ -99,7 +100,7 @@ def _load_pe_weights(model: PreTrainedModel, name_or_path: str) -> None:
                     state[key[len(prefix) :]] = file.get_tensor(key)
     missing = sorted(names - set(state))
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"checkpoint {name_or_path!r} lacks the weights {missing} of its PE {pe.registry_name!r}"
         )
     pe.load_state_dict(state)
@@ -155,14 +156,14 @@ def _load(
     family = family_of_config(config)
     saved_pe = getattr(config, CONFIG_PE_KEY, None)
     if saved_pe is None and isinstance(config, family.swapped_config):
-        raise ValueError(
+        raise ConfigError(
             f"{name_or_path!r}: config.json has model type {config.model_type!r} but no {CONFIG_PE_KEY!r}"
         )
     saved_options = getattr(config, CONFIG_OPTIONS_KEY, None) or {}
     reuse_saved = saved_pe is not None and (pe is None or (pe == saved_pe and options in ({}, saved_options)))
     if reuse_saved:
         if saved_pe not in list_pes():
-            raise ValueError(
+            raise ConfigError(
                 f"{name_or_path!r} was saved with PE {saved_pe!r}, which mathpe {__version__} does not have "
                 f"(it has: {', '.join(list_pes())}); install the mathpe version that saved it"
             )

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from mathpe.errors import ConfigError
 from mathpe.pe.base import PositionalEncoding
 
 _REGISTRY: dict[str, type[PositionalEncoding]] = {}
@@ -52,7 +53,7 @@ def pe_class(name: str) -> type[PositionalEncoding]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown PE {name!r}; choose one of: {', '.join(list_pes())}") from None
+        raise ConfigError(f"unknown PE {name!r}; choose one of: {', '.join(list_pes())}") from None
 
 
 def pe_options(name: str) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def build_pe(
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
-        raise ValueError(f"unknown option(s) {unknown} for PE {name!r}; allowed: {listed}")
+        raise ConfigError(f"unknown option(s) {unknown} for PE {name!r}; allowed: {listed}")
     return pe_class(name)(
         num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position, **options
     )

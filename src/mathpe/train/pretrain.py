@@ -38,6 +38,7 @@ from transformers import (
 
 import mathpe
 from mathpe.data.corpus import math_documents, pack_blocks, token_stream, train_bpe_tokenizer
+from mathpe.errors import ConfigError, DataError
 from mathpe.eval.perplexity import perplexity
 from mathpe.eval.report import write_json
 from mathpe.train.trainer import MathPETrainer, last_checkpoint
@@ -77,24 +78,24 @@ class PretrainConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the folder's last checkpoint"})
 
     def validate(self) -> PretrainConfig:
-        """Raise ValueError naming the first bad setting."""
+        """Raise ``ConfigError`` naming the first bad setting."""
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "context", "batch_size",
                      "max_steps", "eval_steps", "save_steps"):  # fmt: skip
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}"
             )
         if not 0 < self.rotary_fraction <= 1:
-            raise ValueError(f"--rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
+            raise ConfigError(f"--rotary_fraction must be in (0, 1], got {self.rotary_fraction}")
         longest = self.context * max(CONTEXT_MULTIPLES)
         if self.eval_tokens < longest or self.eval_tokens % longest:
-            raise ValueError(
+            raise ConfigError(
                 f"--eval_tokens {self.eval_tokens} must be a positive multiple of {longest} (4x --context)"
             )
         if self.learning_rate <= 0 or self.warmup_steps < 0:
-            raise ValueError("--learning_rate must be positive and --warmup_steps >= 0")
+            raise ConfigError("--learning_rate must be positive and --warmup_steps >= 0")
         return self
 
 
@@ -148,7 +149,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
     config.validate()
     run_dir = Path(config.output_dir)
     if not config.resume and ((run_dir / "pretrain.json").exists() or last_checkpoint(run_dir)):
-        raise ValueError(f"{run_dir} already holds a pretraining run; pass --resume to continue it")
+        raise ConfigError(f"{run_dir} already holds a pretraining run; pass --resume to continue it")
     if config.threads:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
@@ -157,7 +158,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
     train_blocks = pack_blocks(token_stream(tokenizer, train_documents), config.context)
     held_out = token_stream(tokenizer, math_documents("test", config.data_dir))
     if held_out.numel() < config.eval_tokens:
-        raise ValueError(
+        raise DataError(
             f"the held-out text has {held_out.numel()} tokens, fewer than --eval_tokens {config.eval_tokens}"
         )
     eval_blocks = pack_blocks(held_out[: config.eval_tokens], config.context)

@@ -34,11 +34,12 @@ from transformers import (
 )
 
 from mathpe.data.corpus import math_documents, pack_blocks, token_stream
+from mathpe.errors import ConfigError, DataError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.perplexity import perplexity
 from mathpe.eval.report import markdown_table, write_json, write_text
 from mathpe.eval.tasks import ArithmeticSettings, build_task
-from mathpe.pe import pe_options
+from mathpe.pe import list_pes, pe_options
 from mathpe.train.pretrain import CONTEXT_MULTIPLES, BlockDataset
 from mathpe.train.setup import digit_token_ids, pe_parameters
 from mathpe.train.trainer import MathPETrainer
@@ -96,15 +97,18 @@ class SwapStudyConfig:
         return [name.strip() for name in self.regimes.split(",") if name.strip()]
 
     def validate(self) -> SwapStudyConfig:
-        """Raise ValueError naming the first bad setting."""
-        for name in self.pe_list:
-            pe_options(name)  # a one-line error for an unknown PE
+        """Raise ``ConfigError`` naming the first bad setting."""
+        unknown_pes = [name for name in self.pe_list if name not in list_pes()]
+        if unknown_pes or not self.pe_list:
+            raise ConfigError(
+                f"unknown PE(s) {unknown_pes or '(none)'}; choose from: {', '.join(list_pes())}"
+            )
         unknown = [name for name in self.regime_list if name not in REGIMES]
         if unknown or not self.regime_list:
-            raise ValueError(f"unknown regime(s) {unknown or '(none)'}; choose from: {', '.join(REGIMES)}")
+            raise ConfigError(f"unknown regime(s) {unknown or '(none)'}; choose from: {', '.join(REGIMES)}")
         for name in ("adapt_steps", "batch_size", "lora_r", "eval_steps", "eval_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         return self
 
 
@@ -123,7 +127,7 @@ def load_study_data(config: SwapStudyConfig) -> StudyData:
     context = AutoConfig.from_pretrained(config.base).max_position_embeddings
     longest = context * max(CONTEXT_MULTIPLES)
     if config.eval_tokens % longest:
-        raise ValueError(
+        raise ConfigError(
             f"--eval_tokens {config.eval_tokens} must be a multiple of {longest} (4x the context)"
         )
     tokenizer = AutoTokenizer.from_pretrained(config.base, padding_side="left")
@@ -131,7 +135,7 @@ def load_study_data(config: SwapStudyConfig) -> StudyData:
         tokenizer.pad_token = tokenizer.eos_token
     held_out = token_stream(tokenizer, math_documents("test", config.data_dir))
     if held_out.numel() < config.eval_tokens:
-        raise ValueError(
+        raise DataError(
             f"the held-out text has {held_out.numel()} tokens, fewer than --eval_tokens {config.eval_tokens}"
         )
     train_blocks = pack_blocks(token_stream(tokenizer, math_documents("train", config.data_dir)), context)
@@ -287,7 +291,7 @@ def run_swap_study(config: SwapStudyConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     output = Path(config.output_dir)
     if not config.resume and (output / "cells").is_dir() and any((output / "cells").glob("*.json")):
-        raise ValueError(f"{output} already holds a swap study; pass --resume to continue it")
+        raise ConfigError(f"{output} already holds a swap study; pass --resume to continue it")
     data = load_study_data(config)
     base_model = load_model(config.base, dtype=torch.float32)
     base = {
