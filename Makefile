@@ -3,12 +3,13 @@ PY := .venv/bin/python
 
 .PHONY: demo test test-slow lint bench verify check-results gpu-check gpu-wheels clean-venv
 
-.venv/bin/mathpe: pyproject.toml
+.venv/bin/mathpe: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --quiet --upgrade pip
 	# The CPU build of torch first, so no dependency range can pull a CUDA build.
 	.venv/bin/pip install --quiet torch==2.13.0
-	.venv/bin/pip install --quiet -e '.[dev]'
+	# The reference environment: every dependency at the version constraints.txt pins (docs/runs.md).
+	.venv/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch .venv/bin/mathpe
 
 demo: .venv/bin/mathpe
