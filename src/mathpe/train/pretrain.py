@@ -134,6 +134,53 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": self.blocks[index], "labels": self.blocks[index]}
 
 
+def block_lm_trainer(
+    model: torch.nn.Module,
+    *,
+    output_dir: Path,
+    train_blocks: torch.Tensor,
+    eval_blocks: torch.Tensor,
+    batch_size: int,
+    max_steps: int,
+    learning_rate: float,
+    warmup_steps: int,
+    eval_steps: int,
+    seed: int,
+    progress: bool,
+    **arguments: Any,
+) -> MathPETrainer:
+    """A trainer for causal-LM training on packed blocks (batch, context), cosine schedule, held-out loss
+    every ``eval_steps``; ``arguments`` set the other ``TrainingArguments`` (saving, weight decay, betas)."""
+    trainer = MathPETrainer(
+        model=model,
+        args=TrainingArguments(
+            output_dir=str(output_dir),
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            max_steps=max_steps,
+            learning_rate=learning_rate,
+            lr_scheduler_type="cosine",
+            warmup_steps=warmup_steps,
+            max_grad_norm=1.0,
+            seed=seed,
+            eval_strategy="steps",
+            eval_steps=eval_steps,
+            report_to=[],
+            disable_tqdm=not progress,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            remove_unused_columns=False,
+            **arguments,
+        ),
+        train_dataset=BlockDataset(train_blocks),
+        eval_dataset=BlockDataset(eval_blocks),
+        data_collator=default_data_collator,
+    )
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def _tokenizer(config: PretrainConfig, documents: list[str]) -> PreTrainedTokenizerFast:
     """The run's tokenizer: trained once, then read back from the run folder (so ``--resume`` sees the same)."""
     folder = Path(config.output_dir) / "tokenizer"
@@ -164,40 +211,26 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
     eval_blocks = pack_blocks(held_out[: config.eval_tokens], config.context)
     model = GPTNeoXForCausalLM(model_config(config, tokenizer))
 
-    arguments = TrainingArguments(
-        output_dir=str(run_dir),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+    trainer = block_lm_trainer(
+        model,
+        output_dir=run_dir,
+        train_blocks=train_blocks,
+        eval_blocks=eval_blocks,
+        batch_size=config.batch_size,
         max_steps=config.max_steps,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps,
+        eval_steps=config.eval_steps,
+        seed=config.seed,
+        progress=progress,
         weight_decay=0.1,
         adam_beta1=0.9,
         adam_beta2=0.95,
-        max_grad_norm=1.0,
-        seed=config.seed,
-        eval_strategy="steps",
-        eval_steps=config.eval_steps,
         save_strategy="steps",
         save_steps=config.save_steps,
         save_total_limit=2,
         logging_steps=min(50, config.eval_steps),
-        report_to=[],
-        disable_tqdm=not progress,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
     )
-    trainer = MathPETrainer(
-        model=model,
-        args=arguments,
-        train_dataset=BlockDataset(train_blocks),
-        eval_dataset=BlockDataset(eval_blocks),
-        data_collator=default_data_collator,
-    )
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
     resume_from = last_checkpoint(run_dir) if config.resume else None
     started = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

@@ -29,8 +29,6 @@ from transformers import (
     AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
-    PrinterCallback,
-    TrainingArguments,
 )
 
 from mathpe.data.corpus import math_documents, pack_blocks, token_stream
@@ -40,9 +38,8 @@ from mathpe.eval.perplexity import perplexity
 from mathpe.eval.report import markdown_table, write_json, write_text
 from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.pe import list_pes, pe_options
-from mathpe.train.pretrain import CONTEXT_MULTIPLES, BlockDataset
+from mathpe.train.pretrain import CONTEXT_MULTIPLES, block_lm_trainer
 from mathpe.train.setup import digit_token_ids, pe_parameters
-from mathpe.train.trainer import MathPETrainer
 
 #: The founding eight PEs and NoPE.
 STUDY_PES = "rope,math_rope,long_rope,sinusoidal,t5_relative,diet,alibi,math_adaptive,nope"
@@ -223,34 +220,22 @@ def adapt(
 ) -> tuple[list[list[float]], float]:
     """Train ``model`` (already made trainable) on the pretraining blocks; returns the curve and seconds."""
     eval_blocks = pack_blocks(data.held_out[: config.eval_tokens], data.context)
-    arguments = TrainingArguments(
-        output_dir=str(cell_dir),
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
+    trainer = block_lm_trainer(
+        model,
+        output_dir=cell_dir,
+        train_blocks=data.train_blocks,
+        eval_blocks=eval_blocks,
+        batch_size=config.batch_size,
         max_steps=config.adapt_steps,
         learning_rate=config.learning_rate,
-        lr_scheduler_type="cosine",
         warmup_steps=config.warmup_steps,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        seed=config.seed,
-        eval_strategy="steps",
         eval_steps=config.eval_steps,
+        seed=config.seed,
+        progress=False,
+        weight_decay=0.0,
         save_strategy="no",
         logging_steps=config.eval_steps,
-        report_to=[],
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        remove_unused_columns=False,
     )
-    trainer = MathPETrainer(
-        model=model,
-        args=arguments,
-        train_dataset=BlockDataset(data.train_blocks),
-        eval_dataset=BlockDataset(eval_blocks),
-    )
-    trainer.remove_callback(PrinterCallback)
     started = time.monotonic()
     trainer.train()
     seconds = time.monotonic() - started
