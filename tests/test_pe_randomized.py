@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from mathpe.attention import positions_from_mask
+from mathpe.errors import ConfigError
+from mathpe.model import MathPEConfig, MathPEForCausalLM
 from mathpe.pe.randomized import randomized_positions
+from mathpe.train.config import RunConfig
 
 
 def test_positions_are_sorted_distinct_and_in_range():
@@ -48,3 +51,34 @@ def test_too_small_a_range_is_a_clear_error():
         randomized_positions(torch.arange(10)[None], 8)
     with pytest.raises(ValueError, match=r"max_train_position must be an integer, got 2.5"):
         randomized_positions(torch.arange(2)[None], 2.5)
+
+
+def _decoder_pair(pe: str) -> tuple[MathPEForCausalLM, MathPEForCausalLM]:
+    """The same weights without and with randomized positions (bound 64, context 32)."""
+    shape = {"pe": pe, "vocab_size": 16, "hidden_size": 32, "num_layers": 2, "num_heads": 2,
+             "max_position_embeddings": 32}  # fmt: skip
+    plain = MathPEForCausalLM(MathPEConfig(**shape))
+    randomized = MathPEForCausalLM(MathPEConfig(**shape, randomized_positions=64))
+    randomized.load_state_dict(plain.state_dict())
+    return plain, randomized
+
+
+@pytest.mark.parametrize("pe", ["rope", "alibi", "sinusoidal"])
+def test_the_decoder_trains_on_randomized_positions_and_evaluates_on_plain_ones(pe: str) -> None:
+    plain, randomized = _decoder_pair(pe)
+    ids = torch.randint(0, 16, (2, 12))
+    plain.eval(), randomized.eval()
+    torch.testing.assert_close(randomized(ids).logits, plain(ids).logits, rtol=0, atol=0)
+    plain.train(), randomized.train()
+    first, second = randomized(ids).logits, randomized(ids).logits  # a new draw every training forward
+    assert not torch.allclose(first, second) and not torch.allclose(first, plain(ids).logits)
+
+
+def test_randomized_positions_need_the_decoder_and_a_large_enough_bound() -> None:
+    with pytest.raises(ConfigError, match="--randomized_positions needs mathpe's decoder"):
+        RunConfig(model_size="EleutherAI/pythia-70m", randomized_positions=64).validate()
+    with pytest.raises(ConfigError, match="--randomized_positions must be a positive integer, got 0"):
+        RunConfig(randomized_positions=0).validate()
+    _, randomized = _decoder_pair("rope")
+    with pytest.raises(ConfigError, match=r"draw from 0\.\.63 but the sequence has position 69"):
+        randomized.train()(torch.randint(0, 16, (1, 70)))

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
 from mathpe.pe.base import PositionalEncoding
+from mathpe.pe.randomized import randomized_positions
 from mathpe.pe.rotary import apply_rotary
 
 
@@ -183,6 +184,7 @@ def build_pe_context(
     position_ids: torch.Tensor | None = None,
     cache: Cache | None = None,
     output_attentions: bool = False,
+    randomized_max_position: int | None = None,
 ) -> PEContext:
     """Compute positions, PE inputs and the attention mask once for a forward pass.
 
@@ -194,6 +196,9 @@ def build_pe_context(
         position_ids: (batch, seq) positions of the new tokens; derived from the mask or cache when None.
         cache: the KV cache of this sequence, or None.
         output_attentions: attention layers take the explicit path and return their probabilities.
+        randomized_max_position: in a training forward without a cache, replace the positions by a sorted
+            random subset of ``0..randomized_max_position-1`` (randomized positions, Ruoss et al. 2023), so
+            positions of longer test sequences are trained; None: positions as they are.
     """
     check_cache(cache)
     batch, seq, _ = inputs_embeds.shape
@@ -221,6 +226,8 @@ def build_pe_context(
         else:
             position_ids = torch.arange(past, past + seq, device=device).unsqueeze(0)
     position_ids = position_ids.to(device).expand(batch, seq)
+    if randomized_max_position is not None and pe.training and not past:
+        position_ids = randomized_positions(position_ids, randomized_max_position)
     pe.check_positions(position_ids)
 
     key_positions = position_ids if record is None else torch.cat([record.positions, position_ids], 1)

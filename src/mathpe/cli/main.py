@@ -136,6 +136,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         help="arithmetic: admit operand lengths one by one over this many steps, shortest first (0: off)",
     )
+    training.add_argument(
+        "--randomized_positions",
+        type=int,
+        default=None,
+        help="decoder presets: train on sorted random positions below this bound (Ruoss et al. 2023), e.g. 256",
+    )
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--time_budget", type=float, default=None, help="seconds of training per run")
     training.add_argument("--save_steps", type=int, default=200)
@@ -192,6 +198,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
         seed=args.seed,
         warmup_steps=args.warmup_steps,
         curriculum_steps=args.curriculum_steps,
+        randomized_positions=args.randomized_positions,
         train_samples=args.train_samples,
         eval_samples=args.eval_samples,
         eval_batch_size=args.eval_batch_size,

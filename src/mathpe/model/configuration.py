@@ -22,6 +22,8 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
         pe_options: the method's options (``mathpe.pe.pe_options(pe)`` lists them with defaults).
         max_position_embeddings: the training context length; PEs with a table (``learned``) stop there,
             scaled PEs use it as their reference length.
+        randomized_positions: train on randomized positions (Ruoss et al. 2023): a training forward sees a
+            sorted random subset of ``0..randomized_positions-1`` instead of ``0..n-1``; None: off.
     """
 
     model_type = "mathpe"
@@ -36,6 +38,7 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
     num_heads: int = 4
     intermediate_size: int | None = None
     max_position_embeddings: int = 256
+    randomized_positions: int | None = None
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02

@@ -211,6 +211,7 @@ class MathPEModel(MathPEPreTrainedModel):
             position_ids=position_ids,
             cache=cache,
             output_attentions=wants_attention_weights(self.config, kwargs),
+            randomized_max_position=self.config.randomized_positions,
         )
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             check_reentrant_checkpointing(self, context)

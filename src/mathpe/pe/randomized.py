@@ -6,18 +6,16 @@ drawn from ``0..max_train_position-1`` (``max_train_position`` larger than any t
 positions of test-length sequences are seen in training while their order is kept. In eval the positions
 stay as they are (``arange``).
 
-The positions of a forward are derived in ``mathpe.attention.build_pe_context``; that is where the remap
-belongs (once per forward, so every layer and the bias's query and key positions see the same draw):
-after ``position_ids`` is derived and before ``pe.check_positions``, for a training forward without a
-cache (a cached generation is never a training forward)::
-
-    if pe.training and max_train_position is not None and past == 0:
-        position_ids = randomized_positions(position_ids, max_train_position)
+``mathpe.attention.build_pe_context`` applies it once per training forward without a cache (so every layer
+and a bias's query and key positions see the same draw) when the model config's ``randomized_positions``
+is set (``--randomized_positions`` for mathpe's decoder).
 """
 
 from __future__ import annotations
 
 import torch
+
+from mathpe.errors import ConfigError
 
 
 def randomized_positions(
@@ -37,12 +35,12 @@ def randomized_positions(
         (batch, seq) long positions, strictly increasing where ``position_ids`` is.
     """
     if isinstance(max_train_position, bool) or not isinstance(max_train_position, int):
-        raise ValueError(f"max_train_position must be an integer, got {max_train_position!r}")
+        raise ConfigError(f"max_train_position must be an integer, got {max_train_position!r}")
     if position_ids.numel() == 0:
         return position_ids
     count = int(position_ids.max()) + 1
     if count > max_train_position:
-        raise ValueError(
+        raise ConfigError(
             f"randomized positions draw from 0..{max_train_position - 1} but the sequence has position "
             f"{count - 1}; raise max_train_position above the longest sequence"
         )

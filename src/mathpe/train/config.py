@@ -75,6 +75,7 @@ class RunConfig:
     save_steps: int = 200
     logging_steps: int = 10
     threads: int | None = None
+    randomized_positions: int | None = None
     select_best: bool = False
     arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings)
 
@@ -138,7 +139,7 @@ class RunConfig:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_samples", "max_length", "threads"):
+        for name in ("max_steps", "eval_samples", "max_length", "threads", "randomized_positions"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be a positive integer, got {value}")
@@ -168,6 +169,11 @@ class RunConfig:
             raise ConfigError("--fp16 needs a CUDA GPU (none is visible); use --bf16 or fp32 on CPU")
         if self.data_dir is not None and not Path(self.data_dir).is_dir():
             raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
+        if self.randomized_positions is not None and not self.is_preset:
+            raise ConfigError(
+                f"--randomized_positions needs mathpe's decoder (--model_size {', '.join(PRESETS)}), "
+                f"not {self.model_size!r}"
+            )
         if not self.is_preset and _looks_like_path(self.model_size) and not Path(self.model_size).is_dir():
             raise ConfigError(
                 f"--model_size {self.model_size!r} is neither a preset ({', '.join(PRESETS)}) nor a readable "

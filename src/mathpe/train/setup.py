@@ -59,6 +59,7 @@ def build_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTra
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.eos_token_id,
+            randomized_positions=config.randomized_positions,
         )
         config.check_max_length(model_config.max_position_embeddings)
         return MathPEForCausalLM(model_config)
