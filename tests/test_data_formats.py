@@ -115,3 +115,21 @@ def test_task_and_cli_carry_the_format():
     assert run_config_from(args, "rope").arithmetic.index_hints
     args = parser.parse_args(["train", "--datasets", "addition"])
     assert not run_config_from(args, "rope").arithmetic.index_hints
+
+
+def test_zero_pad_flag_pads_operands_and_answers() -> None:
+    args = build_parser().parse_args(
+        ["train", "--zero_pad", "--datasets", "addition", "--train_digits", "1-3"]
+    )
+    settings = run_config_from(args, "rope").arithmetic
+    assert settings.zero_pad
+    task = build_task("addition", seed=0, train_samples=50, eval_samples=3, arithmetic=settings)
+    for prompt, answer in task.train_pairs:
+        first, second = prompt.removesuffix("=").split("+")
+        assert len(first) == len(second) and len(answer) == len(first) + 1  # padded operands, widest sum
+    operands = [operand for prompt, _ in task.train_pairs for operand in prompt.removesuffix("=").split("+")]
+    assert any(
+        len(operand) > 1 and operand.endswith("0") for operand in operands
+    )  # a padded most significant 0
+    args = build_parser().parse_args(["train", "--datasets", "addition"])
+    assert not run_config_from(args, "rope").arithmetic.zero_pad

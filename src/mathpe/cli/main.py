@@ -119,6 +119,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="arithmetic: a hint letter of its significance before every digit (a3b2c1+a5b4=a8b6c1)",
     )
+    data.add_argument(
+        "--zero_pad",
+        action="store_true",
+        help="arithmetic: operands zero-padded to the longer one's length, the answer to its longest possible length",
+    )
 
     training = parser.add_argument_group("training")
     training.add_argument("--batch_size", type=int, default=32)
@@ -219,6 +224,7 @@ def run_config_from(args: argparse.Namespace, pe: str) -> Any:
             fmt="plain" if args.format == "plain" else "reversed",
             reverse_operands=args.format == "reversed",
             index_hints=args.index_hints,
+            zero_pad=args.zero_pad,
         ),
     ).validate()
 
