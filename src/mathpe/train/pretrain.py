@@ -18,6 +18,7 @@ Output folder:
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -249,7 +250,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
         "resumed_from": str(resume_from) if resume_from else None,
         "loss_curve": [[entry["step"], entry["loss"]] for entry in history if "loss" in entry],
         "heldout_ppl_curve": [
-            [entry["step"], _exp(entry["eval_loss"])] for entry in history if "eval_loss" in entry
+            [entry["step"], math.exp(entry["eval_loss"])] for entry in history if "eval_loss" in entry
         ],
         "ppl": {
             str(config.context * multiple): perplexity(
@@ -271,10 +272,6 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
     write_json(run_dir / "pretrain.json", summary)
     plot_pretraining(summary, run_dir / "loss_curve.png")
     return summary
-
-
-def _exp(loss: float) -> float:
-    return float(torch.tensor(loss).exp())
 
 
 def plot_pretraining(summary: dict[str, Any], path: Path) -> None:
