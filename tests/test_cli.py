@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from mathpe.cli.main import build_parser, main, run_config_from
 from mathpe.data import FIXTURES_DIR
 from mathpe.eval.tasks import build_task
 from mathpe.train.compare import COMPARE_PRESETS
+from pause_at_step import PAUSED_LINE
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -192,23 +192,22 @@ def test_resume_after_a_kill_or_sigterm_matches_the_uninterrupted_run(tmp_path):
 
     for stop in (signal.SIGKILL, signal.SIGTERM):
         interrupted = tmp_path / stop.name
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mathpe.cli.main", *common, "--output_dir", str(interrupted)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        deadline = time.monotonic() + 240
-        while (
-            not (interrupted / "checkpoint-10").is_dir()
-            and process.poll() is None
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.02)
-        process.send_signal(stop)
-        stderr = process.communicate()[1]
-        assert not (interrupted / "model").exists(), "the run finished before it could be stopped"
+        # Stopped at step 15, between checkpoint-10 and checkpoint-20: the child says when it is there.
+        log = interrupted.with_suffix(".stderr")
+        with log.open("w") as stderr_file:
+            process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("pause_at_step.py")), "15", *common,
+                 "--output_dir", str(interrupted)],
+                stdout=subprocess.PIPE, stderr=stderr_file, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )  # fmt: skip
+            paused = any(line.startswith(PAUSED_LINE) for line in process.stdout)  # until the line or the end
+            if paused:
+                process.send_signal(stop)
+            process.communicate()
+        stderr = log.read_text()
+        assert paused, f"the run ended before step 15: {stderr[-2000:]}"
+        assert (interrupted / "checkpoint-10").is_dir() and not (interrupted / "checkpoint-20").exists()
+        assert not (interrupted / "model").exists()
         if stop == signal.SIGTERM:  # one line, no traceback, the conventional status 128 + 15
             assert process.returncode == 143, stderr[-2000:]
             assert stderr.strip().splitlines()[-1] == (
@@ -218,7 +217,7 @@ def test_resume_after_a_kill_or_sigterm_matches_the_uninterrupted_run(tmp_path):
         resumed = run_cli(*common, "--output_dir", str(interrupted), "--resume")
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         metrics = json.loads((interrupted / "metrics.json").read_text())
-        assert metrics["train"]["resumed_from"] is not None
+        assert metrics["train"]["resumed_from"].endswith("checkpoint-10")
         for name, tensor in final_weights(interrupted).items():
             torch.testing.assert_close(tensor, expected[name], atol=1e-5, rtol=1e-4)
 
@@ -235,7 +234,7 @@ def test_two_process_data_parallel_matches_one_process_with_the_combined_batch(t
     parallel = tmp_path / "parallel"
     torchrun = str(Path(sys.executable).parent / "torchrun")
     result = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", "--master_port", str(29533 + int(curriculum_steps)), "-m", "mathpe.cli.main",
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mathpe.cli.main",
          *common, "--batch_size", "4", "--output_dir", str(parallel)],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
