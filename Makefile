@@ -1,7 +1,8 @@
-# mathpe: `make demo` runs the main job, `make test` the tests; both create .venv on first use.
+# mathpe: `make demo` runs the main job, `make test` the fast tests, `make test-all` every test tier (what CI
+# runs, docs/testing.md); all create .venv on first use.
 PY := .venv/bin/python
 
-.PHONY: demo test test-slow lint bench verify check-results gpu-check gpu-wheels clean-venv
+.PHONY: demo test test-integration test-slow test-all lint bench verify check-results gpu-check gpu-wheels clean-venv
 
 .venv/bin/mathpe: pyproject.toml constraints.txt
 	python3 -m venv .venv
@@ -15,11 +16,18 @@ PY := .venv/bin/python
 demo: .venv/bin/mathpe
 	.venv/bin/mathpe compare --preset quick --overwrite
 
+# The test tiers (docs/testing.md): fast by default, end-to-end runs, slow unit tests, and all three at once.
 test: .venv/bin/mathpe
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not slow and not integration"
+
+test-integration: .venv/bin/mathpe
+	$(PY) -m pytest -q -m integration
 
 test-slow: .venv/bin/mathpe
 	$(PY) -m pytest -q -m slow
+
+test-all: .venv/bin/mathpe
+	$(PY) -m pytest -q -m ""
 
 lint: .venv/bin/mathpe
 	$(PY) -m ruff check src tests scripts

@@ -24,6 +24,8 @@ lm_eval = pytest.importorskip("lm_eval")
 from lm_eval.api.model import LM  # noqa: E402  (after the skip when lm-eval is not installed)
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+pytestmark = pytest.mark.integration  # lm-eval's harness over saved runs
+
 GSM8K_FIXTURE = Path(__file__).resolve().parents[1] / "src" / "mathpe" / "data" / "fixtures" / "gsm8k.jsonl"
 #: The arithmetic task's verdict in the harness: the integer the leading digits of the answer stand for, read
 #: least significant digit first (the reversed format), equals the reference's. Written for the harness from

@@ -12,6 +12,8 @@ from mathpe.cli.main import main
 from mathpe.data import FIXTURES_DIR
 from mathpe.train import swap_study
 
+pytestmark = pytest.mark.integration  # a base pretrained, then the study run on it
+
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
