@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +36,7 @@ from mathpe.bench.cuda import cuda_tables
 from mathpe.bench.models import NEOX_SHAPES, preset_shape
 from mathpe.bench.report import Table
 from mathpe.bench.sections import SECTIONS, Setting, Sizes
+from mathpe.eval.report import write_json
 
 __all__ = ["DEFAULT_THREADS", "PROFILES", "SECTION_KEYS", "run_benchmarks"]
 
@@ -168,7 +168,7 @@ def run_benchmarks(
 
 def _write(results: dict[str, Any], json_path: str | Path | None) -> None:
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_json(Path(json_path), results)
 
 
 def _tables(sizes: Sizes, selected: tuple[str, ...]) -> Iterator[Table]:
