@@ -1,0 +1,35 @@
+"""MATH (``math``): competition problems, evaluated on MATH-500 and grouped by subject."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mathpe.data.jsonl import split_file
+from mathpe.data.math import HUB_DATASET, load_math
+from mathpe.eval.grading import MATH_STOP_SEQUENCES, grade_math
+from mathpe.eval.tasks import ArithmeticSettings, EvalItem, Task, register_task
+
+
+@register_task("math")
+def math_task(
+    name: str,
+    *,
+    seed: int,
+    train_samples: int,
+    eval_samples: int | None,
+    data_dir: str | Path | None,
+    arithmetic: ArithmeticSettings,
+) -> Task:
+    """The first ``train_samples`` training problems and ``eval_samples`` MATH-500 problems (None: all)."""
+    train = load_math("train", data_dir, limit=train_samples)
+    test = load_math("test500", data_dir, limit=eval_samples)
+    return Task(
+        name=name,
+        train_pairs=[example.training_pair() for example in train],
+        eval_items=[EvalItem(example.prompt(), example.solution, example.type) for example in test],
+        grade=grade_math,
+        metrics=("math_verify", "is_equiv"),
+        max_new_tokens=512,
+        stop=MATH_STOP_SEQUENCES,
+        train_source=str(split_file("math", "train", data_dir) or f"hub dataset {HUB_DATASET!r} (train)"),
+    )
