@@ -1,6 +1,6 @@
 """The CUDA checks in one run (``make gpu-check``): CUDA test variants, ``mathpe verify`` on CUDA, bench section 6
 at quick sizes, and the founding command's shape (LoRA + gradient checkpointing + fp16) on a random
-Pythia-410M-shaped model. Under six minutes on one GPU; writes one Markdown report.
+Pythia-410M-shaped model; writes one Markdown report. The checks' time limits add up to under ten minutes.
 
 Each check runs in its own process with a time limit and is reported as ok, failed (with its last output
 line) or not run (with why), so one broken check never hides the others. On a machine without CUDA every

@@ -14,9 +14,9 @@ Every figure is a median of repeated timed runs after warm-up; every comparison 
 measured in the same process, alternating the sides round by round (``measure.py``). Rows with a target
 say whether it is met; the run ends with the list of missed targets.
 
-Threads: the CPU benchmark runs with ``threads`` intra-op threads, 1 by default. Measured on this project's
-2-core machine while another job used the cores, a small-preset step took 3.6x as long with 2 threads as
-with 1 (threads spin-waiting on each other), and 1 thread makes repeated runs comparable.
+Threads: the CPU benchmark runs with ``threads`` intra-op threads, 1 by default: on a machine whose cores
+other jobs share, more threads spin-wait on each other and make step times depend on that load, while one
+thread makes repeated runs comparable.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ PROFILES: dict[str, Sizes] = {
         min_seconds=10.0,
         expected_minutes="about 2-2.5 hours (estimated from its sections run separately)",
     ),
-    # The same sections at small sizes: under two minutes on 2 CPU cores.
+    # The same sections at small sizes (expected_minutes: the target on 2 CPU cores).
     "quick": Sizes(
         shape=preset_shape("small"),
         batch=1,
