@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import mathpe.eval.tasks as tasks
 from mathpe.errors import ConfigError
-from mathpe.eval.tasks import ArithmeticSettings, EvalItem, Task, build_task, list_tasks, register_task
+from mathpe.eval.tasks import (
+    ArithmeticSettings,
+    EvalItem,
+    Task,
+    TaskRequest,
+    build_task,
+    list_tasks,
+    register_task,
+)
 from mathpe.train.config import RunConfig
 from mathpe.train.run import build_tasks
 
@@ -19,25 +25,17 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._registry()))
 
 
-def register_echo() -> list[dict]:
+def register_echo() -> list[TaskRequest]:
     """Register the task ``echo`` (repeat the prompt); returns the list its builder records its calls in."""
-    calls: list[dict] = []
+    calls: list[TaskRequest] = []
 
     @register_task("echo")
-    def echo_task(
-        name: str,
-        *,
-        seed: int,
-        train_samples: int,
-        eval_samples: int | None,
-        data_dir: str | Path | None,
-        arithmetic: ArithmeticSettings,
-    ) -> Task:
-        calls.append({"name": name, "seed": seed, "train_samples": train_samples, "data_dir": data_dir})
+    def echo_task(request: TaskRequest) -> Task:
+        calls.append(request)
         return Task(
-            name=name,
-            train_pairs=[(f"{i}=", str(i)) for i in range(train_samples)],
-            eval_items=[EvalItem(f"{i}=", str(i), "all") for i in range(eval_samples or 3)],
+            name=request.name,
+            train_pairs=[(f"{i}=", str(i)) for i in range(request.train_samples)],
+            eval_items=[EvalItem(f"{i}=", str(i), "all") for i in range(request.eval_samples or 3)],
             grade=lambda completion, reference: {"exact_match": completion.strip() == reference},
             metrics=("exact_match",),
             max_new_tokens=4,
@@ -56,13 +54,14 @@ def test_a_task_registered_in_a_test_file_is_usable_by_name(registry, tmp_path):
     assert "echo" in list_tasks() and "echo" in tasks.DATASETS
     task = build_task("echo", seed=7, train_samples=5, eval_samples=2, data_dir=tmp_path)
     assert (task.name, len(task.train_pairs), len(task.eval_items)) == ("echo", 5, 2)
-    assert calls == [{"name": "echo", "seed": 7, "train_samples": 5, "data_dir": tmp_path}]
+    assert calls == [TaskRequest("echo", 7, 5, 2, tmp_path, ArithmeticSettings())]
     # The run settings accept it and the pipeline builds it, beside a built-in task.
     config = RunConfig(datasets=("echo", "addition"), train_samples=4, eval_samples=1, seed=3)
     config.validate()
     built = build_tasks(config)
     assert [task.name for task in built] == ["echo", "addition"]
-    assert calls[-1]["seed"] == 3 and built[0].grade("4", "4") == {"exact_match": True}
+    assert calls[-1] == TaskRequest("echo", 3, 4, 1, None, config.arithmetic)
+    assert built[0].grade("4", "4") == {"exact_match": True}
 
 
 def test_a_name_registers_once(registry):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from mathpe.errors import ConfigError
 
@@ -81,21 +81,24 @@ class ArithmeticSettings:
     index_hints: bool = False
 
 
-class TaskBuilder(Protocol):
-    """Builds the task ``name``; ``eval_samples`` caps its evaluation items (None: all)."""
+@dataclass(frozen=True)
+class TaskRequest:
+    """What a run asks of a task builder: the ``--datasets`` name and the run's data settings.
 
-    def __call__(
-        self,
-        name: str,
-        *,
-        seed: int,
-        train_samples: int,
-        eval_samples: int | None,
-        data_dir: str | Path | None,
-        arithmetic: ArithmeticSettings,
-    ) -> Task: ...
+    ``eval_samples`` caps the evaluation items (per length for arithmetic, in total otherwise; None: all);
+    ``data_dir`` holds local JSON Lines files (None: ``$MATHPE_DATA_DIR``, then the hub).
+    """
+
+    name: str
+    seed: int
+    train_samples: int
+    eval_samples: int | None
+    data_dir: str | Path | None = None
+    arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings)
 
 
+#: A task family's builder: the request -> the task.
+TaskBuilder = Callable[[TaskRequest], Task]
 _REGISTRY: dict[str, TaskBuilder] = {}
 Builder = TypeVar("Builder", bound=TaskBuilder)
 
@@ -133,21 +136,12 @@ def build_task(
     data_dir: str | Path | None = None,
     arithmetic: ArithmeticSettings | None = None,
 ) -> Task:
-    """Build the registered task ``name`` (one of ``list_tasks()``).
-
-    ``eval_samples`` caps the evaluation items (per length for arithmetic, in total otherwise; None: all).
-    """
+    """Build the registered task ``name`` (one of ``list_tasks()``); the arguments are ``TaskRequest``'s."""
     builder = _registry().get(name)
     if builder is None:
         raise ConfigError(f"unknown dataset {name!r}; choose from: {', '.join(list_tasks())}")
-    return builder(
-        name,
-        seed=seed,
-        train_samples=train_samples,
-        eval_samples=eval_samples,
-        data_dir=data_dir,
-        arithmetic=arithmetic or ArithmeticSettings(),
-    )
+    arithmetic = arithmetic or ArithmeticSettings()
+    return builder(TaskRequest(name, seed, train_samples, eval_samples, data_dir, arithmetic))
 
 
 def __getattr__(name: str) -> Any:

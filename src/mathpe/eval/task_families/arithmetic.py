@@ -4,12 +4,11 @@ exact match, with evaluation sets per operand length."""
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from mathpe.data.arithmetic import ArithmeticTask, build_splits
 from mathpe.eval.grading import extract_arithmetic_answer, grade_arithmetic
-from mathpe.eval.tasks import ArithmeticSettings, EvalItem, Task, register_task
+from mathpe.eval.tasks import EvalItem, Task, TaskRequest, register_task
 
 #: ``--datasets`` name -> operator of ``mathpe.data.arithmetic``.
 ARITHMETIC_OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
@@ -18,17 +17,9 @@ VALIDATION_SAMPLES = 512
 
 
 @register_task(*ARITHMETIC_OPS)
-def arithmetic_task(
-    name: str,
-    *,
-    seed: int,
-    train_samples: int,
-    eval_samples: int | None,
-    data_dir: str | Path | None,
-    arithmetic: ArithmeticSettings,
-) -> Task:
-    """``eval_samples`` problems per evaluation length (None: ``arithmetic.eval_per_length``)."""
-    settings = arithmetic
+def arithmetic_task(request: TaskRequest) -> Task:
+    """``request.eval_samples`` problems per evaluation length (None: ``arithmetic.eval_per_length``)."""
+    name, settings, train_samples = request.name, request.arithmetic, request.train_samples
     low, high = settings.train_digits
     task = ArithmeticTask(
         ARITHMETIC_OPS[name],
@@ -40,10 +31,12 @@ def arithmetic_task(
         second_digits=settings.second_digits,
         index_hints=settings.index_hints,
     )
-    per_length = settings.eval_per_length if eval_samples is None else eval_samples
+    per_length = settings.eval_per_length if request.eval_samples is None else request.eval_samples
     # The validation pairs are drawn after the training pairs from the same generator (so the training set
     # of a seed does not depend on them), and like them exclude every evaluation problem.
-    splits = build_splits(task, train_samples + VALIDATION_SAMPLES, seed, settings.eval_lengths, per_length)
+    splits = build_splits(
+        task, train_samples + VALIDATION_SAMPLES, request.seed, settings.eval_lengths, per_length
+    )
     train, validation = splits.train[:train_samples], splits.train[train_samples:]
     items = [
         EvalItem(example.prompt, example.answer, length)

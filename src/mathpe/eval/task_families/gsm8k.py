@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mathpe.data.gsm8k import HUB_DATASET, load_gsm8k
 from mathpe.data.jsonl import split_file
 from mathpe.eval.grading import GSM8K_STOP_SEQUENCES, grade_gsm8k
-from mathpe.eval.tasks import ArithmeticSettings, EvalItem, Task, register_task
+from mathpe.eval.tasks import EvalItem, Task, TaskRequest, register_task
 
 
 @register_task("gsm8k")
-def gsm8k_task(
-    name: str,
-    *,
-    seed: int,
-    train_samples: int,
-    eval_samples: int | None,
-    data_dir: str | Path | None,
-    arithmetic: ArithmeticSettings,
-) -> Task:
+def gsm8k_task(request: TaskRequest) -> Task:
     """The first ``train_samples`` training problems and ``eval_samples`` test problems (None: all)."""
-    train = load_gsm8k("train", data_dir, limit=train_samples)
-    test = load_gsm8k("test", data_dir, limit=eval_samples)
+    data_dir = request.data_dir
+    train = load_gsm8k("train", data_dir, limit=request.train_samples)
+    test = load_gsm8k("test", data_dir, limit=request.eval_samples)
     return Task(
-        name=name,
+        name=request.name,
         train_pairs=[example.training_pair() for example in train],
         eval_items=[EvalItem(example.prompt(), example.answer, "all") for example in test],
         grade=grade_gsm8k,

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mathpe.data.jsonl import split_file
 from mathpe.data.math import HUB_DATASET, load_math
 from mathpe.eval.grading import MATH_STOP_SEQUENCES, grade_math
-from mathpe.eval.tasks import ArithmeticSettings, EvalItem, Task, register_task
+from mathpe.eval.tasks import EvalItem, Task, TaskRequest, register_task
 
 
 @register_task("math")
-def math_task(
-    name: str,
-    *,
-    seed: int,
-    train_samples: int,
-    eval_samples: int | None,
-    data_dir: str | Path | None,
-    arithmetic: ArithmeticSettings,
-) -> Task:
+def math_task(request: TaskRequest) -> Task:
     """The first ``train_samples`` training problems and ``eval_samples`` MATH-500 problems (None: all)."""
-    train = load_math("train", data_dir, limit=train_samples)
-    test = load_math("test500", data_dir, limit=eval_samples)
+    data_dir = request.data_dir
+    train = load_math("train", data_dir, limit=request.train_samples)
+    test = load_math("test500", data_dir, limit=request.eval_samples)
     return Task(
-        name=name,
+        name=request.name,
         train_pairs=[example.training_pair() for example in train],
         eval_items=[EvalItem(example.prompt(), example.solution, example.type) for example in test],
         grade=grade_math,
