@@ -5,10 +5,13 @@ reference environment CI installs); pyproject.toml allows ``transformers>=5.24,<
 mathpe, the cause is in this file: each function below says what it relies on. Where a public API does the
 job, mathpe uses it and no wrapper is here.
 
-Left where they are, because transformers documents them for writing a model (its modeling files and the
-"custom models" guide use them): the ``PreTrainedModel`` class attributes ``_no_split_modules``,
-``_supports_sdpa``, ``_can_record_outputs``, ``_tied_weights_keys``, ``_keys_to_ignore_on_load_unexpected``
-and the ``_init_weights`` override (``mathpe.model.modeling``).
+Left where they are, because transformers documents them for writing a model or tokenizer (its modeling
+files and the custom-model guide use them): the ``PreTrainedModel`` class attributes ``_no_split_modules``,
+``_supports_sdpa``, ``_can_record_outputs``, ``_tied_weights_keys`` and the ``_init_weights`` override
+(``mathpe.model.modeling``), and ``PreTrainedTokenizer``'s ``_tokenize`` / ``_convert_*`` methods
+(``mathpe.data.tokenizer``). ``nn.Module._apply`` is no documented extension point of torch, so the PE base
+class gets its override from here (``Float32StateModule``). ``tests/test_compat.py`` fails when another
+module reads or overrides a private name of transformers or torch.
 """
 
 from __future__ import annotations
