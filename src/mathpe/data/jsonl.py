@@ -81,6 +81,11 @@ def split_file(dataset: str, split: str, data_dir: str | Path | None = None) -> 
     return None if directory is None else directory / dataset / f"{split}.jsonl"
 
 
+def split_source(dataset: str, split: str, data_dir: str | Path | None, hub_dataset: str) -> str:
+    """Where a split is read from, for messages: its local file, else the hub dataset."""
+    return str(split_file(dataset, split, data_dir) or f"hub dataset {hub_dataset!r} ({split})")
+
+
 def load_hub_rows(dataset: str, config: str | None, split: str) -> list[dict[str, object]]:
     """The rows of a Hugging Face hub dataset split through ``datasets``.
 

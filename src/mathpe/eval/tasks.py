@@ -116,6 +116,28 @@ def register_task(*names: str) -> Callable[[Builder], Builder]:
     return decorator
 
 
+def split_task(
+    request: TaskRequest,
+    load: Callable[[str, str | Path | None, int | None], list[Any]],
+    test_split: str,
+    eval_item: Callable[[Any], EvalItem],
+    **spec: Any,
+) -> Task:
+    """A task over a dataset of worked examples loaded by split, ``load(split, data_dir, limit)``: the first
+    ``train_samples`` of ``train`` as their ``training_pair()``, the first ``eval_samples`` of ``test_split``
+    as ``eval_item(example)``; ``spec``: the rest of the ``Task`` (grader, metrics, generation settings)."""
+    return Task(
+        name=request.name,
+        train_pairs=[
+            example.training_pair() for example in load("train", request.data_dir, request.train_samples)
+        ],
+        eval_items=[
+            eval_item(example) for example in load(test_split, request.data_dir, request.eval_samples)
+        ],
+        **spec,
+    )
+
+
 def _registry() -> dict[str, TaskBuilder]:
     from mathpe.eval import task_families  # noqa: F401  (registers the built-in tasks on first use)
 
