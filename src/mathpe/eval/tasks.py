@@ -86,7 +86,7 @@ class TaskRequest:
     """What a run asks of a task builder: the ``--datasets`` name and the run's data settings.
 
     ``eval_samples`` caps the evaluation items (per length for arithmetic, in total otherwise; None: all);
-    ``data_dir`` holds local JSON Lines files (None: ``$MATHPE_DATA_DIR``, then the hub).
+    ``data_dir`` holds local JSON Lines files (None: ``$MATHPE_DATA``, then the hub).
     """
 
     name: str
