@@ -387,9 +387,8 @@ def install_pe(
         base.register_forward_pre_hook(_before_forward, with_kwargs=True)
         # generate's beam search reorders the cache through this, PE positions and state included.
         set_beam_search_reorder(model, reorder_pe_cache)
-    reassign_class(
-        model.config, family.swapped_config
-    )  # a subclass adding no field: see the module docstring
+    # A subclass adding no field: see the module docstring.
+    reassign_class(model.config, family.swapped_config)
     model.config.mark_mathpe_folder()
     setattr(model.config, CONFIG_PE_KEY, name)
     setattr(model.config, CONFIG_OPTIONS_KEY, options)
