@@ -40,7 +40,7 @@ bench: .venv/bin/mathpe
 verify: .venv/bin/mathpe
 	.venv/bin/mathpe verify
 
-# Re-run results/quick's rope cell (~70 s, one thread) and compare with the committed numbers (docs/runs.md).
+# Re-run results/quick's rope cell (the cheapest, one thread) and compare with the committed numbers (docs/runs.md).
 check-results: .venv/bin/mathpe
 	$(PY) scripts/check_results.py
 

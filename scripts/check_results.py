@@ -3,8 +3,8 @@
 
     python scripts/check_results.py [--results results/quick] [--pe rope] [--seed 0] [--tolerance 10]
 
-Runs one PE and seed of a committed comparison (default: ``rope`` of ``results/quick``, ~70 s on one
-thread) with the settings stored in its comparison.json, then compares the exact-match accuracy per
+Runs one PE and seed of a committed comparison (default: ``rope`` of ``results/quick``, the cheapest cell,
+on one thread) with the settings stored in its comparison.json, then compares the exact-match accuracy per
 operand length with the committed one:
 
 - *exact*, when the committed comparison.json records an environment (torch threads per run, CPU model and
@@ -12,10 +12,9 @@ operand length with the committed one:
   is deterministic for a seed there, so every number must be equal (a commit that moves them must
   regenerate them);
 - *within tolerance* otherwise: the overall accuracy may differ by ``--tolerance`` percentage points.
-  Floating-point sums in another kernel, thread count or library version round differently; over 1,000
-  steps that moves a tiny model's accuracy on 300 problems by several points (quick table, rope: 17.7%
-  committed; 20.7% on an AMD EPYC (AVX2) machine with the same torch and transformers, 14.7% there with
-  torch's and MKL's generic kernels forced: ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2).
+  Floating-point sums in another kernel, thread count or library version round differently, and over
+  1,000 training steps those differences can move a tiny model's accuracy on a few hundred problems by
+  several points; the default tolerance allows for that (docs/runs.md).
 
 Exit status 0 when the numbers agree, 1 when they do not.
 """

@@ -1,6 +1,6 @@
 """The CUDA checks in one run (``make gpu-check``): CUDA test variants, ``mathpe verify`` on CUDA, bench section 6
 at quick sizes, and the founding command's shape (LoRA + gradient checkpointing + fp16) on a random
-Pythia-410M-shaped model. Under six minutes on one GPU; writes one Markdown report.
+Pythia-410M-shaped model; writes one Markdown report. The checks' time limits add up to under ten minutes.
 
 Each check runs in its own process with a time limit and is reported as ok, failed (with its last output
 line) or not run (with why), so one broken check never hides the others. On a machine without CUDA every
@@ -78,10 +78,11 @@ def run_check(name: str, command: list[str], timeout: float) -> tuple[str, str, 
 def main(report: Path) -> int:
     import transformers
 
+    from mathpe.eval.report import markdown_table
+
     header = (
         f"# mathpe GPU check\n\ntorch {torch.__version__}, transformers {transformers.__version__}, "
         f"CUDA {'available: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}\n\n"
-        "| check | result | s | last line |\n|---|---|---|---|\n"
     )
     python = sys.executable
     checks = [
@@ -122,9 +123,9 @@ def main(report: Path) -> int:
                     "no CUDA device",
                 )
             )
-    body = "".join(
-        f"| {name} | {status} | {seconds:.0f} | {last.replace('|', '/')} |\n"
-        for name, status, seconds, last in rows
+    body = markdown_table(
+        ["check", "result", "s", "last line"],
+        [[name, status, f"{seconds:.0f}", last.replace("|", "/")] for name, status, seconds, last in rows],
     )
     report.write_text(header + body)
     print(header + body)

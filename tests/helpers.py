@@ -6,15 +6,14 @@ from typing import Any
 
 import torch
 
-from mathpe.pe import pe_options
+from mathpe.data.tokenizer import DIGIT_IDS, digit_options
 
-#: Token ids the tiny test models treat as digits (digit-aware PEs get them as ``digit_token_ids``).
-DIGIT_IDS = list(range(3, 13))
+__all__ = ["DIGIT_IDS", "default_pe_options", "left_pad", "perturb_parameters", "step_by_step_logits"]
 
 
 def default_pe_options(pe: str) -> dict[str, Any]:
-    """Options that switch on every feature of ``pe`` in a tiny test model (digit awareness)."""
-    return {"digit_token_ids": DIGIT_IDS} if "digit_token_ids" in pe_options(pe) else {}
+    """Options that switch on every feature of ``pe`` in a tiny test model (digit awareness on ``DIGIT_IDS``)."""
+    return digit_options(pe)
 
 
 @torch.no_grad()

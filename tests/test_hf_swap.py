@@ -118,9 +118,10 @@ def pe_module(model: PreTrainedModel) -> torch.nn.Module:
 
 
 def test_installed_transformers_is_in_supported_range() -> None:
-    assert TRANSFORMERS_VERSION_RANGE == ("5.0", "6.0")
+    assert TRANSFORMERS_VERSION_RANGE == ("5.24", "6.0")  # the tested minimum (tests/test_compat.py)
     assert transformers_version_supported()
-    assert transformers_version_supported("5.0.0")
+    assert transformers_version_supported("5.24.0")
+    assert not transformers_version_supported("5.0.0")
     assert not transformers_version_supported("4.57.1")
     assert not transformers_version_supported("6.0.0")
 
@@ -150,7 +151,7 @@ def test_swap_warns_outside_the_supported_transformers_range(
 ) -> None:
     model = load_model(checkpoints["llama"])
     monkeypatch.setattr("mathpe.hf.swap.transformers_version_supported", lambda: False)
-    with pytest.warns(UserWarning, match="supports transformers >=5.0,<6.0"):
+    with pytest.warns(UserWarning, match="supports transformers >=5.24,<6.0"):
         swap_positional_encoding(model, "alibi")
 
 

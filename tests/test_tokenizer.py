@@ -18,6 +18,7 @@ from transformers import (
 from mathpe.data.arithmetic import ArithmeticTask, generate_examples
 from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
 from mathpe.data.tokenizer import ArithmeticTokenizer, digit_token_ids
+from mathpe.pe.digits import digit_run_lengths
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +63,52 @@ def test_special_tokens_and_unknown_characters(tokenizer: ArithmeticTokenizer) -
 def test_digit_token_ids(tokenizer: ArithmeticTokenizer, bpe_tokenizer: PreTrainedTokenizerBase) -> None:
     digits = tokenizer.digit_token_ids
     assert tokenizer.convert_ids_to_tokens(list(digits)) == list("0123456789")
-    assert digit_token_ids(tokenizer) == digits
+    assert digit_token_ids(tokenizer) == list(digits)
     bpe_digits = digit_token_ids(bpe_tokenizer)
     bpe_texts = {bpe_tokenizer.decode([index]) for index in bpe_digits}
     assert set("0123456789") <= bpe_texts
     assert all(text.isdigit() for text in bpe_texts)
     assert bpe_tokenizer.convert_tokens_to_ids("Ġ18") not in bpe_digits  # " 18" starts with a space
+
+
+def _bpe(pre_tokenizer: pre_tokenizers.PreTokenizer, decoder: decoders.Decoder) -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained offline on numbers written after a space and after other characters."""
+    model = Tokenizer(models.BPE(unk_token="<unk>"))
+    model.pre_tokenizer, model.decoder = pre_tokenizer, decoder
+    alphabet = pre_tokenizers.ByteLevel.alphabet() if isinstance(decoder, decoders.ByteLevel) else []
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], initial_alphabet=alphabet)
+    model.train_from_iterator(["x=12 34 and 12 34, y=12 34"] * 50, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=model, unk_token="<unk>")
+
+
+@pytest.mark.parametrize(
+    ("style", "marker"),
+    [
+        ("gpt_neox", "Ġ"),  # byte-level BPE, as GPT-NeoX / Pythia
+        ("sentencepiece", "▁"),  # Metaspace, as Llama 2: its decoder drops a leading space
+    ],
+)
+def test_digit_tokens_with_a_leading_space_marker_are_not_digits(style: str, marker: str) -> None:
+    if style == "gpt_neox":
+        bpe = _bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+    else:
+        bpe = _bpe(pre_tokenizers.Metaspace(), decoders.Metaspace())
+    vocab = bpe.get_vocab()
+    assert {"12", "34", f"{marker}34"} <= set(vocab)
+    ids = digit_token_ids(bpe)
+    assert ids == sorted(ids)
+    assert {vocab["12"], vocab["34"]} <= set(ids)
+    assert vocab[f"{marker}34"] not in ids
+    assert all(token.isascii() and token.isdigit() for token in bpe.convert_ids_to_tokens(ids))
+
+
+def test_numbers_apart_stay_apart_for_the_digit_aware_pes() -> None:
+    bpe = _bpe(pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel())
+    encoded = bpe("=12 34", add_special_tokens=False)["input_ids"]
+    assert bpe.convert_ids_to_tokens(encoded) == ["=", "12", "Ġ34"]
+    ids = digit_token_ids(bpe)
+    runs = digit_run_lengths(torch.tensor([[index in ids for index in encoded]]))
+    assert runs.tolist() == [[0, 1, 0]]  # not [0, 1, 2]: "12" and " 34" are two numbers
 
 
 def test_save_and_load_give_identical_ids(tokenizer: ArithmeticTokenizer, tmp_path: Path) -> None:

@@ -20,7 +20,6 @@ logits, PE bias and masks included, and returns the probabilities (batch, heads,
 
 from __future__ import annotations
 
-import functools
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
+from mathpe.compat import attn_implementation, reentrant_checkpointing
 from mathpe.pe.base import PositionalEncoding
 from mathpe.pe.randomized import randomized_positions
 from mathpe.pe.rotary import apply_rotary
@@ -371,7 +371,7 @@ def wants_attention_weights(config: Any, kwargs: dict[str, Any]) -> bool:
     output_attentions = kwargs.get("output_attentions")
     if output_attentions is None:
         output_attentions = config.output_attentions
-    return bool(output_attentions) or config._attn_implementation == "eager"
+    return bool(output_attentions) or attn_implementation(config) == "eager"
 
 
 def check_reentrant_checkpointing(model: torch.nn.Module, context: PEContext) -> None:
@@ -379,10 +379,9 @@ def check_reentrant_checkpointing(model: torch.nn.Module, context: PEContext) ->
 
     Reentrant checkpointing backpropagates each layer separately, so it cannot go twice through tables that all
     layers share and that depend on trainable PE weights (a bias, cos/sin or per-token PE inputs built once per
-    forward); ``model`` is the base model holding transformers' ``_gradient_checkpointing_func``.
+    forward); ``model`` is the base model whose layers are checkpointed.
     """
-    checkpoint = getattr(model, "_gradient_checkpointing_func", None)
-    if not (isinstance(checkpoint, functools.partial) and checkpoint.keywords.get("use_reentrant", False)):
+    if not reentrant_checkpointing(model):
         return
     shared = [context.cos, context.sin, context.attn_mask, *context.extra.values()]
     if any(isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in shared):

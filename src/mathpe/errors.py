@@ -23,3 +23,10 @@ class ModelLoadError(MathPEError, OSError):
 
 class DataError(MathPEError, ValueError):
     """A data file that cannot be used (empty, malformed, no usable example); the message starts with its path."""
+
+
+def error_summary(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type name when the message is empty: a reason that fits
+    a one-line error (library messages often add hints and tracebacks on further lines)."""
+    message = str(error).strip()
+    return message.splitlines()[0] if message else type(error).__name__

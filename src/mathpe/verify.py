@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
+from mathpe.data.tokenizer import digit_options
 from mathpe.eval.report import markdown_table, write_json
 from mathpe.model import MathPEConfig, MathPEForCausalLM
-from mathpe.pe import list_pes, pe_options
+from mathpe.pe import list_pes
 
 VOCAB = 64
 CONTEXT = 512
-DIGIT_IDS = list(range(3, 13))
 LENGTHS = (64, 256, 1024, 4096)
 QUICK_LENGTHS = (64, 256)
 #: Largest |cached - uncached| logit difference accepted per dtype (logits of a random tiny model are O(1)).
@@ -45,13 +45,9 @@ class VerifyRow:
     errors: list[str] = field(default_factory=list)
 
 
-def _options(pe: str) -> dict:
-    return {"digit_token_ids": DIGIT_IDS} if "digit_token_ids" in pe_options(pe) else {}
-
-
 def build_mathpe(pe: str) -> PreTrainedModel:
     config = MathPEConfig(
-        pe=pe, pe_options=_options(pe), vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=4,
+        pe=pe, pe_options=digit_options(pe), vocab_size=VOCAB, hidden_size=64, num_layers=2, num_heads=4,
         max_position_embeddings=CONTEXT, pad_token_id=0, eos_token_id=1,
     )  # fmt: skip
     return MathPEForCausalLM(config)
@@ -64,7 +60,7 @@ def build_gpt_neox(pe: str) -> PreTrainedModel:
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
         max_position_embeddings=CONTEXT, rotary_pct=0.25, pad_token_id=0, eos_token_id=1,
     )  # fmt: skip
-    return swap_positional_encoding(GPTNeoXForCausalLM(config), pe, **_options(pe))
+    return swap_positional_encoding(GPTNeoXForCausalLM(config), pe, **digit_options(pe))
 
 
 def build_llama(pe: str) -> PreTrainedModel:
@@ -74,7 +70,7 @@ def build_llama(pe: str) -> PreTrainedModel:
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
         intermediate_size=128, max_position_embeddings=CONTEXT, pad_token_id=0, eos_token_id=1,
     )  # fmt: skip
-    return swap_positional_encoding(LlamaForCausalLM(config), pe, **_options(pe))
+    return swap_positional_encoding(LlamaForCausalLM(config), pe, **digit_options(pe))
 
 
 MODELS: dict[str, Callable[[str], PreTrainedModel]] = {

@@ -14,9 +14,9 @@ Every figure is a median of repeated timed runs after warm-up; every comparison 
 measured in the same process, alternating the sides round by round (``measure.py``). Rows with a target
 say whether it is met; the run ends with the list of missed targets.
 
-Threads: the CPU benchmark runs with ``threads`` intra-op threads, 1 by default. Measured on this project's
-2-core machine while another job used the cores, a small-preset step took 3.6x as long with 2 threads as
-with 1 (threads spin-waiting on each other), and 1 thread makes repeated runs comparable.
+Threads: the CPU benchmark runs with ``threads`` intra-op threads, 1 by default: on a machine whose cores
+other jobs share, more threads spin-wait on each other and make step times depend on that load, while one
+thread makes repeated runs comparable.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
-import json
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -37,6 +36,7 @@ from mathpe.bench.cuda import cuda_tables
 from mathpe.bench.models import NEOX_SHAPES, preset_shape
 from mathpe.bench.report import Table
 from mathpe.bench.sections import SECTIONS, Setting, Sizes
+from mathpe.eval.report import write_json
 
 __all__ = ["DEFAULT_THREADS", "PROFILES", "SECTION_KEYS", "run_benchmarks"]
 
@@ -66,7 +66,7 @@ PROFILES: dict[str, Sizes] = {
         min_seconds=10.0,
         expected_minutes="about 2-2.5 hours (estimated from its sections run separately)",
     ),
-    # The same sections at small sizes: under two minutes on 2 CPU cores.
+    # The same sections at small sizes (expected_minutes: the target on 2 CPU cores).
     "quick": Sizes(
         shape=preset_shape("small"),
         batch=1,
@@ -168,7 +168,7 @@ def run_benchmarks(
 
 def _write(results: dict[str, Any], json_path: str | Path | None) -> None:
     if json_path is not None:
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        write_json(Path(json_path), results)
 
 
 def _tables(sizes: Sizes, selected: tuple[str, ...]) -> Iterator[Table]:

@@ -10,6 +10,7 @@ from mathpe.attention import build_pe_context, pe_attention
 from mathpe.bench.models import NEOX_SHAPES, neox, swapped, train_step
 from mathpe.bench.report import Table
 from mathpe.bench.sections import MIB, SECTIONS, Setting, Sizes
+from mathpe.errors import error_summary
 from mathpe.pe import build_pe
 
 #: Dense bfloat16 peak FLOP/s by device name fragment (vendor datasheets, SXM parts), for MFU.
@@ -161,9 +162,7 @@ def flex_alibi(setting: Setting, *, compiled: bool) -> Table:
             {"SDPA float mask": lambda: step(float_mask), "flex_attention": lambda: step(flex)}, memory=True
         )
     except Exception as error:  # whatever flex_attention cannot do here (compile, backward), the report says
-        table.notes.append(
-            f"flex_attention failed here: {type(error).__name__}: {str(error).splitlines()[0]}"
-        )
+        table.notes.append(f"flex_attention failed here: {type(error).__name__}: {error_summary(error)}")
         return table
     for name in ("SDPA float mask", "flex_attention"):
         table.add(

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 from random import Random
 
 import torch
-from torch._C._profiler import _EventType
 from torch.profiler import ProfilerActivity, profile
+
+from mathpe.compat import profiled_allocations
 
 #: Most rounds ``min_seconds`` adds (rounds come in pairs: an order and its reverse).
 MAX_ROUNDS = 50
@@ -124,23 +125,11 @@ def memory_use(fn: Callable[[], object], device: torch.device) -> tuple[int, int
     with _native_stderr_muted(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
     del result
-    events = sorted(
-        (node.start_time_ns, node.extra_fields.alloc_size)
-        for node in _walk(prof.profiler.kineto_results.experimental_event_tree())
-        if node.tag == _EventType.Allocation
-    )
     current = peak = 0
-    for _, size in events:
+    for _, size in profiled_allocations(prof):
         current += size
         peak = max(peak, current)
     return peak, current
-
-
-def _walk(nodes: list) -> Iterator:
-    """Every node of the profiler's event tree, depth first."""
-    for node in nodes:
-        yield node
-        yield from _walk(node.children)
 
 
 @contextlib.contextmanager

@@ -18,13 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedModel
 
+from mathpe.data.tokenizer import digit_options
 from mathpe.hf import swap_positional_encoding
 from mathpe.model import PRESETS, MathPEConfig, MathPEForCausalLM
 from mathpe.pe import pe_options
-
-#: Token ids that digit-aware PEs (``math_rope``, ``abacus``, ``math_adaptive``) treat as digits, so their
-#: digit machinery runs on the random inputs (a third of the small vocabulary).
-DIGIT_IDS = list(range(3, 13))
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,7 @@ def bench_pe_options(pe: str, max_position: int) -> dict[str, Any]:
     digit token to the end.
     """
     accepted = pe_options(pe)
-    options: dict[str, Any] = {"digit_token_ids": DIGIT_IDS} if "digit_token_ids" in accepted else {}
+    options: dict[str, Any] = digit_options(pe)  # a third of the small vocabulary: digit machinery runs
     if "max_digits" in accepted:
         options["max_digits"] = max_position
     return options

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mathpe.eval.report import markdown_table
+
 
 @dataclass(frozen=True)
 class Target:
@@ -62,13 +64,8 @@ class Table:
     def markdown(self) -> str:
         lines = [f"### {self.title}", ""]
         if self.rows:
-            lines.append("| " + " | ".join(self.columns) + " |")
-            lines.append("|" + "|".join("---" for _ in self.columns) + "|")
-            lines.extend(
-                "| " + " | ".join(_cell(row.get(column)) for column in self.columns) + " |"
-                for row in self.rows
-            )
-            lines.append("")
+            cells = [[_cell(row.get(column)) for column in self.columns] for row in self.rows]
+            lines.append(markdown_table(self.columns, cells))
         lines.extend(f"- {note}" for note in self.notes)
         return "\n".join(lines).rstrip() + "\n"
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mathpe.errors import MathPEError
+from mathpe.errors import MathPEError, error_summary
 from mathpe.eval.tasks import DATASETS, ArithmeticSettings
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes
@@ -458,8 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MathPEError as error:  # only mathpe's own errors: anything else is a bug and keeps its traceback
         if os.environ.get("MATHPE_DEBUG"):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"mathpe: error: {message}", file=sys.stderr)
+        print(f"mathpe: error: {error_summary(error)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("mathpe: interrupted; --resume continues from the last checkpoint", file=sys.stderr)

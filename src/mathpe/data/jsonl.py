@@ -7,7 +7,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mathpe.errors import DataError
+from mathpe.errors import DataError, error_summary
 
 DATA_DIR_VARIABLE = "MATHPE_DATA"
 
@@ -81,6 +81,11 @@ def split_file(dataset: str, split: str, data_dir: str | Path | None = None) -> 
     return None if directory is None else directory / dataset / f"{split}.jsonl"
 
 
+def split_source(dataset: str, split: str, data_dir: str | Path | None, hub_dataset: str) -> str:
+    """Where a split is read from, for messages: its local file, else the hub dataset."""
+    return str(split_file(dataset, split, data_dir) or f"hub dataset {hub_dataset!r} ({split})")
+
+
 def load_hub_rows(dataset: str, config: str | None, split: str) -> list[dict[str, object]]:
     """The rows of a Hugging Face hub dataset split through ``datasets``.
 
@@ -91,10 +96,8 @@ def load_hub_rows(dataset: str, config: str | None, split: str) -> list[dict[str
 
         rows = datasets.load_dataset(dataset, config, split=split)
     except Exception as error:  # datasets fails in many ways offline; all mean the same to a caller
-        message = str(error).strip()
-        reason = message.splitlines()[0] if message else type(error).__name__
         raise DataUnavailableError(
-            f"hub dataset {dataset!r} (config {config!r}, split {split!r}) unavailable: {reason}; "
+            f"hub dataset {dataset!r} (config {config!r}, split {split!r}) unavailable: {error_summary(error)}; "
             f"pass data_dir or set ${DATA_DIR_VARIABLE} to read local JSON Lines files"
         ) from error
     return [dict(row) for row in rows]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,8 @@ DEFAULT_VOCAB: dict[str, int] = {
     token: index for index, token in enumerate([PAD_TOKEN, EOS_TOKEN, UNK_TOKEN, *DIGITS, *SYMBOLS])
 }
 VOCAB_FILE_NAME = "vocab.json"
+#: Ids of the ten digits in the default vocabulary (3..12); the digit ids of random test and benchmark models.
+DIGIT_IDS: list[int] = [DEFAULT_VOCAB[digit] for digit in DIGITS]
 
 
 class ArithmeticTokenizer(PreTrainedTokenizer):
@@ -112,18 +115,24 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
         return (str(path),)
 
 
-def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """Ids of the tokens made only of ASCII digits (``0``-``9``): for the char tokenizer, the ten digits;
-    for a BPE tokenizer, every token whose text is digits alone (no leading space)."""
-    if isinstance(tokenizer, ArithmeticTokenizer):
-        return tokenizer.digit_token_ids
-    return tuple(
-        sorted(
-            index
-            for token, index in tokenizer.get_vocab().items()
-            if _is_ascii_digits(tokenizer.convert_tokens_to_string([token]))
-        )
-    )
+def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of the digit tokens, ascending: the tokens whose vocabulary entry is ASCII digits alone (``7``,
+    ``12``); for the character tokenizer, its ten digits. The digit-aware PEs get them as ``digit_token_ids``.
+
+    A BPE token with a leading-space marker (byte-level BPE's ``Ġ12``, as in GPT-NeoX / Pythia; SentencePiece's
+    ``▁12``) is not a digit token. The PEs give each digit its place along a run of consecutive digit tokens,
+    and the marker starts a new word: were ``Ġ34`` a digit, the two numbers of ``12 34`` (``12``, ``Ġ34``)
+    would form one run. The cost: a number written after a space starts its run at its second token, if it
+    has one. Tokenizers that split a number from the space before it (Llama 3's) lose nothing.
+    """
+    return sorted(index for token, index in tokenizer.get_vocab().items() if _is_ascii_digits(token))
+
+
+def digit_options(pe: str, digit_ids: Sequence[int] = DIGIT_IDS) -> dict[str, list[int]]:
+    """``{"digit_token_ids": digit_ids}`` for a PE that takes digit ids (``pe_options``), else ``{}``."""
+    from mathpe.pe import pe_options
+
+    return {"digit_token_ids": list(digit_ids)} if "digit_token_ids" in pe_options(pe) else {}
 
 
 def _is_ascii_digits(text: str) -> bool:

@@ -1,37 +1,20 @@
-"""Tasks as data: what to train on, what to evaluate, how to grade, for each ``--datasets`` name.
+"""Tasks as data, in a registry: what to train on, what to evaluate, how to grade, for each ``--datasets`` name.
 
 Like lm-evaluation-harness's task YAMLs, a ``Task`` holds its training pairs, its evaluation items (each in
 a group: the operand length for arithmetic, the subject for MATH), its grader and generation settings in
-one declarative place; the pipeline treats every task the same way.
+one declarative place; the pipeline treats every task the same way. Each family of tasks is one module of
+``mathpe.eval.task_families`` whose builder ``register_task`` adds under its names, as PEs are registered
+in ``mathpe.pe``: adding a dataset is adding a module there (or registering a builder anywhere before use).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mathpe.data.arithmetic import ArithmeticTask, build_splits
-from mathpe.data.gsm8k import HUB_DATASET as GSM8K_HUB
-from mathpe.data.gsm8k import load_gsm8k
-from mathpe.data.jsonl import split_file
-from mathpe.data.math import HUB_DATASET as MATH_HUB
-from mathpe.data.math import load_math
-from mathpe.eval.grading import (
-    GSM8K_STOP_SEQUENCES,
-    MATH_STOP_SEQUENCES,
-    extract_arithmetic_answer,
-    grade_arithmetic,
-    grade_gsm8k,
-    grade_math,
-)
-
-ARITHMETIC_OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
-TEXT_DATASETS = ("gsm8k", "math")
-DATASETS = (*ARITHMETIC_OPS, *TEXT_DATASETS)
-VALIDATION_SAMPLES = 512
+from mathpe.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -98,6 +81,74 @@ class ArithmeticSettings:
     index_hints: bool = False
 
 
+@dataclass(frozen=True)
+class TaskRequest:
+    """What a run asks of a task builder: the ``--datasets`` name and the run's data settings.
+
+    ``eval_samples`` caps the evaluation items (per length for arithmetic, in total otherwise; None: all);
+    ``data_dir`` holds local JSON Lines files (None: ``$MATHPE_DATA``, then the hub).
+    """
+
+    name: str
+    seed: int
+    train_samples: int
+    eval_samples: int | None
+    data_dir: str | Path | None = None
+    arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings)
+
+
+#: A task family's builder: the request -> the task.
+TaskBuilder = Callable[[TaskRequest], Task]
+_REGISTRY: dict[str, TaskBuilder] = {}
+Builder = TypeVar("Builder", bound=TaskBuilder)
+
+
+def register_task(*names: str) -> Callable[[Builder], Builder]:
+    """Decorator adding a ``TaskBuilder`` to the registry under each of ``names`` (its ``--datasets`` names)."""
+
+    def decorator(builder: Builder) -> Builder:
+        taken = [name for name in names if name in _REGISTRY]
+        if taken:
+            raise ValueError(f"task(s) {taken} are already registered")
+        _REGISTRY.update(dict.fromkeys(names, builder))
+        return builder
+
+    return decorator
+
+
+def split_task(
+    request: TaskRequest,
+    load: Callable[[str, str | Path | None, int | None], list[Any]],
+    test_split: str,
+    eval_item: Callable[[Any], EvalItem],
+    **spec: Any,
+) -> Task:
+    """A task over a dataset of worked examples loaded by split, ``load(split, data_dir, limit)``: the first
+    ``train_samples`` of ``train`` as their ``training_pair()``, the first ``eval_samples`` of ``test_split``
+    as ``eval_item(example)``; ``spec``: the rest of the ``Task`` (grader, metrics, generation settings)."""
+    return Task(
+        name=request.name,
+        train_pairs=[
+            example.training_pair() for example in load("train", request.data_dir, request.train_samples)
+        ],
+        eval_items=[
+            eval_item(example) for example in load(test_split, request.data_dir, request.eval_samples)
+        ],
+        **spec,
+    )
+
+
+def _registry() -> dict[str, TaskBuilder]:
+    from mathpe.eval import task_families  # noqa: F401  (registers the built-in tasks on first use)
+
+    return _REGISTRY
+
+
+def list_tasks() -> list[str]:
+    """Every registered task name, in registration order (the built-in families first)."""
+    return list(_registry())
+
+
 def build_task(
     name: str,
     *,
@@ -107,83 +158,16 @@ def build_task(
     data_dir: str | Path | None = None,
     arithmetic: ArithmeticSettings | None = None,
 ) -> Task:
-    """Build the task ``name`` (one of ``DATASETS``).
-
-    ``eval_samples`` caps the evaluation items (per length for arithmetic, in total otherwise; None: all).
-    """
-    if name in ARITHMETIC_OPS:
-        return _arithmetic_task(name, seed, train_samples, eval_samples, arithmetic or ArithmeticSettings())
-    if name == "gsm8k":
-        train = load_gsm8k("train", data_dir, limit=train_samples)
-        test = load_gsm8k("test", data_dir, limit=eval_samples)
-        return Task(
-            name=name,
-            train_pairs=[example.training_pair() for example in train],
-            eval_items=[EvalItem(example.prompt(), example.answer, "all") for example in test],
-            grade=grade_gsm8k,
-            metrics=("strict_match", "flexible_extract"),
-            max_new_tokens=256,
-            stop=GSM8K_STOP_SEQUENCES,
-            train_source=str(split_file("gsm8k", "train", data_dir) or f"hub dataset {GSM8K_HUB!r} (train)"),
-        )
-    if name == "math":
-        train = load_math("train", data_dir, limit=train_samples)
-        test = load_math("test500", data_dir, limit=eval_samples)
-        return Task(
-            name=name,
-            train_pairs=[example.training_pair() for example in train],
-            eval_items=[EvalItem(example.prompt(), example.solution, example.type) for example in test],
-            grade=grade_math,
-            metrics=("math_verify", "is_equiv"),
-            max_new_tokens=512,
-            stop=MATH_STOP_SEQUENCES,
-            train_source=str(split_file("math", "train", data_dir) or f"hub dataset {MATH_HUB!r} (train)"),
-        )
-    raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
+    """Build the registered task ``name`` (one of ``list_tasks()``); the arguments are ``TaskRequest``'s."""
+    builder = _registry().get(name)
+    if builder is None:
+        raise ConfigError(f"unknown dataset {name!r}; choose from: {', '.join(list_tasks())}")
+    arithmetic = arithmetic or ArithmeticSettings()
+    return builder(TaskRequest(name, seed, train_samples, eval_samples, data_dir, arithmetic))
 
 
-def _arithmetic_task(
-    name: str, seed: int, train_samples: int, eval_samples: int | None, settings: ArithmeticSettings
-) -> Task:
-    low, high = settings.train_digits
-    task = ArithmeticTask(
-        ARITHMETIC_OPS[name],
-        low,
-        high,
-        fmt=settings.fmt,
-        zero_pad=settings.zero_pad,
-        reverse_operands=settings.reverse_operands and settings.fmt == "reversed",
-        second_digits=settings.second_digits,
-        index_hints=settings.index_hints,
-    )
-    per_length = settings.eval_per_length if eval_samples is None else eval_samples
-    # The validation pairs are drawn after the training pairs from the same generator (so the training set
-    # of a seed does not depend on them), and like them exclude every evaluation problem.
-    splits = build_splits(task, train_samples + VALIDATION_SAMPLES, seed, settings.eval_lengths, per_length)
-    train, validation = splits.train[:train_samples], splits.train[train_samples:]
-    items = [
-        EvalItem(example.prompt, example.answer, length)
-        for length, examples in splits.eval_by_length.items()
-        for example in examples
-    ]
-    longest_answer = max(len(item.reference) for item in items)
-    return Task(
-        name=name,
-        train_pairs=[(example.prompt, example.answer) for example in train],
-        eval_items=items,
-        grade=partial(_grade_arithmetic, fmt=settings.fmt, index_hints=settings.index_hints),
-        metrics=("exact_match",),
-        max_new_tokens=longest_answer + 2,
-        train_groups=frozenset(range(low, high + 1)),
-        validation_pairs=[(example.prompt, example.answer) for example in validation],
-        train_levels=[example.operand_digits for example in train],
-        train_source=f"generated {name} problems",
-    )
-
-
-def _grade_arithmetic(completion: str, reference: str, fmt: str, index_hints: bool = False) -> dict[str, Any]:
-    """Exact match of the integer (the reference is the answer text in the task's format), and the answer read."""
-    return {
-        "exact_match": grade_arithmetic(completion, reference, fmt, index_hints),
-        "predicted_answer": extract_arithmetic_answer(completion, fmt, index_hints),
-    }
+def __getattr__(name: str) -> Any:
+    """``DATASETS``: the registered task names when read (``list_tasks()`` as a tuple)."""
+    if name == "DATASETS":
+        return tuple(list_tasks())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,8 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from mathpe import __version__
-from mathpe.errors import ConfigError, ModelLoadError
+from mathpe.compat import cached_file_or_none, class_ignoring_unexpected_keys, reassign_class
+from mathpe.errors import ConfigError, ModelLoadError, error_summary
 from mathpe.hf.swap import (
     CONFIG_OPTIONS_KEY,
     CONFIG_PE_KEY,
@@ -29,8 +30,7 @@ from mathpe.pe import list_pes
 
 def _cannot_load(name_or_path: str, error: Exception) -> ModelLoadError:
     """A one-line ``ModelLoadError`` (an OSError) naming ``name_or_path`` and the first line of ``error``."""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return ModelLoadError(f"cannot load a model from {name_or_path!r}: {reason}")
+    return ModelLoadError(f"cannot load a model from {name_or_path!r}: {error_summary(error)}")
 
 
 def _load_config(name_or_path: str) -> PretrainedConfig:
@@ -46,7 +46,7 @@ def _load_config(name_or_path: str) -> PretrainedConfig:
 
 def _checkpoint_files(name_or_path: str) -> list[str]:
     """Local paths of the safetensors files of a checkpoint (one file, or the shards of an index)."""
-    index = cached_file(name_or_path, SAFE_WEIGHTS_INDEX_NAME, _raise_exceptions_for_missing_entries=False)
+    index = cached_file_or_none(name_or_path, SAFE_WEIGHTS_INDEX_NAME)
     if index is None:
         return [cached_file(name_or_path, SAFE_WEIGHTS_NAME)]
     with open(index, encoding="utf-8") as file:
@@ -63,25 +63,18 @@ def _from_pretrained(family: Family, name_or_path: str, swapped: bool, **kwargs:
     """``from_pretrained`` of the family's class; ``swapped``: the checkpoint also holds a PE's weights.
 
     The unswapped class has no PE, so those keys are loaded after the swap (``_load_pe_weights``). Loading
-    goes through a subclass that expects them, so transformers does not report them as unexpected; the model
-    is then made an instance of the plain class again. The subclass keeps the class's name and module, which
-    transformers uses to pick checkpoint key conversions (GPT-NeoX's ``embed_out`` -> ``lm_head``).
+    goes through a subclass that expects them (``class_ignoring_unexpected_keys``), so transformers does not
+    report them as unexpected; the model is then made an instance of the plain class again.
     """
     model_class = family.model_class
     loader = model_class
     if swapped:
-        ignored = [
-            *(model_class._keys_to_ignore_on_load_unexpected or []),
-            f"^{re.escape(_pe_prefix(family))}",
-        ]
-        namespace = {"__module__": model_class.__module__, "_keys_to_ignore_on_load_unexpected": ignored}
-        loader = type(model_class.__name__, (model_class,), namespace)
+        loader = class_ignoring_unexpected_keys(model_class, [f"^{re.escape(_pe_prefix(family))}"])
     try:
         model = loader.from_pretrained(name_or_path, **kwargs)
     except OSError as error:  # missing or unreadable weights
         raise _cannot_load(name_or_path, error) from error
-    model.__class__ = model_class
-    return model
+    return reassign_class(model, model_class)
 
 
 def _load_pe_weights(model: PreTrainedModel, name_or_path: str) -> None:

@@ -1,7 +1,8 @@
 """Swap the positional encoding of a pretrained Hugging Face causal LM (GPT-NeoX / Pythia, Llama) in place.
 
-Supported transformers versions: 5.x (``>=5.0,<6``, ``TRANSFORMERS_VERSION_RANGE``), as pinned in pyproject.toml.
-The swap uses no copy of transformers' modeling files, only these extension points of 5.x:
+Supported transformers versions: ``TRANSFORMERS_VERSION_RANGE`` (``mathpe.compat``, the same as pyproject.toml).
+The swap uses no copy of transformers' modeling files, only these extension points (the private ones through
+``mathpe.compat``):
 
 - Module replacement: every attention module's class becomes a thin subclass of the original
   (``SwappedGPTNeoXAttention``, ``SwappedLlamaAttention``) that overrides ``forward`` only, so parameter names,
@@ -31,7 +32,6 @@ from typing import Any
 
 import torch
 import transformers
-from packaging.version import Version
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -53,11 +53,15 @@ from mathpe.attention import (
     reorder_pe_cache,
     wants_attention_weights,
 )
+from mathpe.compat import (
+    TRANSFORMERS_VERSION_RANGE,
+    reassign_class,
+    set_beam_search_reorder,
+    transformers_version_supported,
+)
 from mathpe.pe import PositionalEncoding, build_pe, list_pes, pe_options
 from mathpe.remote_code import RemoteCodeConfig
 
-#: Supported transformers versions: ``minimum <= version < maximum``.
-TRANSFORMERS_VERSION_RANGE = ("5.0", "6.0")
 #: Attribute of the base model holding the PE (its state-dict prefix, and PEFT's ``modules_to_save`` name).
 PE_MODULE_NAME = "mathpe_pe"
 #: Keyword argument carrying the ``PEContext`` from the base model to every attention module.
@@ -79,12 +83,6 @@ _ROPE_PARAMETER_OPTIONS = {
     "beta_slow": "beta_slow",
     "attention_factor": "attention_factor",
 }
-
-
-def transformers_version_supported(version: str = transformers.__version__) -> bool:
-    """True when ``version`` lies in ``TRANSFORMERS_VERSION_RANGE``."""
-    minimum, maximum = (Version(bound) for bound in TRANSFORMERS_VERSION_RANGE)
-    return minimum <= Version(version) < maximum
 
 
 def _attend(
@@ -384,12 +382,13 @@ def install_pe(
         original_attention = family.swapped_attention.__base__
         for submodule in base.modules():
             if isinstance(submodule, original_attention):
-                submodule.__class__ = family.swapped_attention
+                reassign_class(submodule, family.swapped_attention)
         base.rotary_emb = UnusedRotary()
         base.register_forward_pre_hook(_before_forward, with_kwargs=True)
         # generate's beam search reorders the cache through this, PE positions and state included.
-        model._reorder_cache = reorder_pe_cache
-    model.config.__class__ = family.swapped_config  # a subclass adding no field: see the module docstring
+        set_beam_search_reorder(model, reorder_pe_cache)
+    # A subclass adding no field: see the module docstring.
+    reassign_class(model.config, family.swapped_config)
     model.config.mark_mathpe_folder()
     setattr(model.config, CONFIG_PE_KEY, name)
     setattr(model.config, CONFIG_OPTIONS_KEY, options)

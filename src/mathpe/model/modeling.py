@@ -35,6 +35,7 @@ from mathpe.attention import (
     reorder_pe_cache,
     wants_attention_weights,
 )
+from mathpe.compat import allow_attn_implementation_switch, mark_initialized, set_beam_search_reorder
 from mathpe.model.configuration import MathPEConfig
 from mathpe.pe import PositionalEncoding, build_pe
 
@@ -102,6 +103,7 @@ class MathPEBlock(GradientCheckpointingLayer):
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
 
+@allow_attn_implementation_switch  # each forward reads attn_implementation(config)
 class MathPEPreTrainedModel(PreTrainedModel):
     config_class = MathPEConfig
     config: MathPEConfig
@@ -110,13 +112,6 @@ class MathPEPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["MathPEBlock"]
     _supports_sdpa = True
     _can_record_outputs = {"hidden_states": MathPEBlock, "attentions": MathPEAttention}
-
-    @classmethod
-    def _can_set_attn_implementation(cls) -> bool:
-        """``set_attn_implementation("eager" | "sdpa")`` works: each forward reads ``config._attn_implementation``
-        (transformers' heuristic looks for its attention interface in this file's source, which mathpe has no use
-        for)."""
-        return True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -166,8 +161,7 @@ class MathPEModel(MathPEPreTrainedModel):
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.gradient_checkpointing = False
         if not any(tensor.is_meta for tensor in self.pe.state_dict().values()):
-            for part in self.pe.modules():  # built with its method's initialisation: post_init keeps it
-                part._is_hf_initialized = True
+            mark_initialized(self.pe)  # built with its method's initialisation: post_init keeps it
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -232,6 +226,7 @@ class MathPEForCausalLM(MathPEPreTrainedModel, GenerationMixin):
         self.model = MathPEModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
+        set_beam_search_reorder(self, reorder_pe_cache)  # beam search reorders the PE's cached state too
 
     def get_output_embeddings(self) -> nn.Linear:
         return self.lm_head
@@ -279,6 +274,3 @@ class MathPEForCausalLM(MathPEPreTrainedModel, GenerationMixin):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
-
-    def _reorder_cache(self, cache: Cache, beam_idx: torch.Tensor) -> Cache:
-        return reorder_pe_cache(cache, beam_idx)

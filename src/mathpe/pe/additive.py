@@ -110,9 +110,9 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
       generation is deterministic (``eval_offset`` chooses another fixed offset).
     - Non-digits: place 0, shifted by the offset like the digits (row ``offset``). The reference adds the
       unshifted row 0 to them, so with random offsets the token that must write an answer's first digit
-      (``=``, not a digit) cannot tell which rows its sequence's units digits have: in our addition study
-      (one seed, 4,000 steps) 518 of the 549 wrong answers at 1-8 digits had a wrong units digit. Shifted,
-      ``=`` carries the offset and can address the units rows as every later answer digit addresses its own.
+      (``=``, not a digit) cannot tell which rows its sequence's units digits have, and the units digit of
+      the answer is the one it gets wrong. Shifted, ``=`` carries the offset and can address the units rows
+      as every later answer digit addresses its own.
     - Table: ``max_digits + max_offset + 1`` rows, init normal std 0.02. A number longer than ``max_digits``
       raises a ValueError.
 

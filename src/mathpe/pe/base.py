@@ -40,7 +40,8 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, Literal
 
 import torch
-from torch import nn
+
+from mathpe.compat import Float32StateModule
 
 Kind = Literal["none", "additive", "rotary", "bias"]
 KINDS: tuple[Kind, ...] = ("none", "additive", "rotary", "bias")
@@ -56,7 +57,7 @@ def float32_compute(device: torch.device) -> Iterator[None]:
         yield
 
 
-class PositionalEncoding(nn.Module):
+class PositionalEncoding(Float32StateModule):
     """Base class of every PE. Subclasses set ``kind`` and implement the method of that kind.
 
     Constructor arguments shared by all PEs (keyword-only) are ``num_heads``, ``head_dim``, ``hidden_size``
@@ -74,7 +75,8 @@ class PositionalEncoding(nn.Module):
     max_supported_position: int | None = None
     #: Buffers (frequency tables, slopes) that stay exactly float32 through ``.to(dtype)``, and parameters
     #: (learned scales of angles) that never drop below float32 (a float64 module keeps float64 ones): both
-    #: follow the module's device, so angles and biases are exact in a half-precision model too.
+    #: follow the module's device, so angles and biases are exact in a half-precision model too
+    #: (``mathpe.compat.Float32StateModule``).
     float32_buffers: ClassVar[tuple[str, ...]] = ()
     float32_parameters: ClassVar[tuple[str, ...]] = ()
 
@@ -98,21 +100,6 @@ class PositionalEncoding(nn.Module):
         self.head_dim = head_dim
         self.hidden_size = hidden_size
         self.max_position = max_position
-
-    def _apply(self, fn: Any, recurse: bool = True) -> PositionalEncoding:
-        kept_buffers = {name: self._buffers[name] for name in self.float32_buffers if name in self._buffers}
-        kept_parameters = {name: self._parameters[name].data for name in self.float32_parameters}
-        super()._apply(fn, recurse)
-        for name, original in kept_buffers.items():
-            if self._buffers[name].dtype != torch.float32:
-                self._buffers[name] = original.to(device=self._buffers[name].device, dtype=torch.float32)
-        for name, original in kept_parameters.items():
-            parameter = self._parameters[name]
-            if parameter.dtype in (torch.float16, torch.bfloat16):
-                parameter.data = original.to(device=parameter.device, dtype=torch.float32)
-                if parameter.grad is not None:
-                    parameter.grad = parameter.grad.float()
-        return self
 
     def prepare(
         self,

@@ -24,9 +24,9 @@ attention score stays a relative encoding: moving a span elsewhere in the contex
 prompt, does not change how its tokens see each other. With ``t * m_t`` the relative angle of two neighbours
 at position 1000 moves by ``1000 * (m_i - m_j)``, and rounding ``m`` to half precision moves angles in
 proportion to the position; here each step is bounded in (0, 2 * (1 + a)), and an error in one step moves
-later phases by that error only. Rounding the embeddings to bfloat16 moves a step by ~4e-3 and the phase of
-two tokens ``d`` apart by a random walk of ~4e-3 * sqrt(d) (fastest pair, measured: 0.07 rad at d = 300, 0.25
-at d = 4096, where ``t * m`` drifts by ~t * 4e-3). With ``a < 1`` and ``g > 0`` every step is positive: the
+later phases by that error only. Rounding the embeddings to bfloat16 (relative error ~4e-3) moves a step by
+about that much, so the phase of two tokens ``d`` apart drifts as a random walk of ~4e-3 * sqrt(d), where
+``t * m`` drifts by ~t * 4e-3. With ``a < 1`` and ``g > 0`` every step is positive: the
 phase keeps the order of the tokens.
 
 Explicit positions. The model derives ``position_ids`` (real tokens counted from 0), but callers may pass

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from mathpe.errors import ConfigError
-from mathpe.eval.tasks import ARITHMETIC_OPS, DATASETS, ArithmeticSettings
+from mathpe.eval.task_families.arithmetic import ARITHMETIC_OPS
+from mathpe.eval.tasks import ArithmeticSettings, list_tasks
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes, pe_class, pe_options
 
@@ -126,9 +127,9 @@ class RunConfig:
             raise ConfigError(
                 f"unknown option(s) {unknown} for PE {self.pe!r}; allowed: {sorted(pe_options(self.pe))}"
             )
-        bad = [name for name in self.datasets if name not in DATASETS]
+        bad = [name for name in self.datasets if name not in list_tasks()]
         if bad or not self.datasets:
-            raise ConfigError(f"unknown dataset(s) {bad or '(none)'}; choose from: {', '.join(DATASETS)}")
+            raise ConfigError(f"unknown dataset(s) {bad or '(none)'}; choose from: {', '.join(list_tasks())}")
         for name in (
             "batch_size",
             "eval_batch_size",

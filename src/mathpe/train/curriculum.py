@@ -1,8 +1,8 @@
 """A length curriculum: short problems first, longer ones admitted as training goes on.
 
-Small decoders without a digit-aligned position signal (RoPE, sinusoidal, NoPE...) can learn long addition
-sooner when they first see short operands (the study's pilots, README "Results": RoPE from 2% to 28-83%
-exact match at 1-8 digits in the same 4,000 steps, depending on the run). Written by hand because the
+Small decoders without a digit-aligned position signal (RoPE, sinusoidal, NoPE...) must find the digit
+alignment from the data; short operands first give them problems where it is easy to find before the long
+ones, where it is hard (``results/`` has the measured effect). Written by hand because the
 Hugging Face ``Trainer`` has no curriculum sampler; this one plugs in as its training sampler, so data
 parallelism and exact resumption still work.
 """

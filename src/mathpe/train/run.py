@@ -41,7 +41,7 @@ from transformers import (
 
 import mathpe
 from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
-from mathpe.errors import ConfigError, DataError, MathPEError
+from mathpe.errors import ConfigError, DataError, MathPEError, error_summary
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.report import (
     length_curves,
@@ -237,10 +237,9 @@ def model_settings_errors(config: RunConfig) -> Iterator[None]:
     except MathPEError:
         raise
     except (ValueError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
             f"--model_size {config.model_size!r} --pe {config.pe!r} --pe_options "
-            f"'{json.dumps(config.pe_options)}': {reason}"
+            f"'{json.dumps(config.pe_options)}': {error_summary(error)}"
         ) from error
 
 

@@ -7,19 +7,12 @@ from typing import Any
 
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mathpe.data.tokenizer import ArithmeticTokenizer
+from mathpe.data.tokenizer import ArithmeticTokenizer, digit_options, digit_token_ids
 from mathpe.model import MathPEForCausalLM, preset_config
-from mathpe.pe import pe_options
 from mathpe.train.config import RunConfig
 
 #: LoRA targets in mathpe's decoder: the attention and MLP projections.
 MATHPE_LORA_TARGETS = ["qkv_proj", "out_proj", "fc_in", "fc_out"]
-
-
-def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ids of tokens made only of digits (BPE markers ``Ġ``/``▁`` removed); one place each for digit PEs."""
-    vocab = tokenizer.get_vocab()
-    return sorted(index for token, index in vocab.items() if token.lstrip("Ġ▁").isdigit() and token.isascii())
 
 
 def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
@@ -42,8 +35,8 @@ def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
 def resolved_pe_options(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
     """The user's PE options, plus the tokenizer's digit ids for digit-aware PEs that were given none."""
     options = dict(config.pe_options)
-    if "digit_token_ids" in pe_options(config.pe) and "digit_token_ids" not in options:
-        options["digit_token_ids"] = digit_token_ids(tokenizer)
+    if "digit_token_ids" not in options:
+        options.update(digit_options(config.pe, digit_token_ids(tokenizer)))
     return options
 
 

@@ -32,14 +32,15 @@ from transformers import (
 )
 
 from mathpe.data.corpus import math_documents, pack_blocks, token_stream
+from mathpe.data.tokenizer import digit_options, digit_token_ids
 from mathpe.errors import ConfigError, DataError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.perplexity import perplexity
 from mathpe.eval.report import markdown_table, write_json, write_text
 from mathpe.eval.tasks import ArithmeticSettings, build_task
-from mathpe.pe import list_pes, pe_options
+from mathpe.pe import list_pes
 from mathpe.train.pretrain import CONTEXT_MULTIPLES, block_lm_trainer
-from mathpe.train.setup import digit_token_ids, pe_parameters
+from mathpe.train.setup import pe_parameters
 
 #: The founding eight PEs and NoPE.
 STUDY_PES = "rope,math_rope,long_rope,sinusoidal,t5_relative,diet,alibi,math_adaptive,nope"
@@ -143,7 +144,7 @@ def load_swapped(config: SwapStudyConfig, pe: str, tokenizer: PreTrainedTokenize
     """The base with its PE swapped to ``pe`` (digit-aware PEs get the tokenizer's digit ids)."""
     from mathpe.hf import load_model
 
-    options = {"digit_token_ids": digit_token_ids(tokenizer)} if "digit_token_ids" in pe_options(pe) else {}
+    options = digit_options(pe, digit_token_ids(tokenizer))
     return load_model(config.base, pe=pe, dtype=torch.float32, **options)
 
 

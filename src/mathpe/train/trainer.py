@@ -28,11 +28,12 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from mathpe.errors import ConfigError
+from mathpe.compat import TrainerHooks
+from mathpe.errors import ConfigError, error_summary
 from mathpe.pe import PositionalEncoding
 from mathpe.train.curriculum import LengthCurriculumSampler
 
@@ -46,7 +47,7 @@ class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-class MathPETrainer(Trainer):
+class MathPETrainer(TrainerHooks):
     """``Trainer`` with atomic checkpoints, the PE's parameters saved beside PEFT adapters and a curriculum.
 
     ``train_levels`` (one difficulty per training example) with ``curriculum_steps`` > 0 replaces the random
@@ -65,9 +66,10 @@ class MathPETrainer(Trainer):
         self.train_levels = train_levels
         self.curriculum_steps = curriculum_steps
 
-    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler | None:
+    def training_sampler(self) -> torch.utils.data.Sampler | None:
+        """The length curriculum when there is one, else ``Trainer``'s random order."""
         if not self.curriculum_steps:
-            return super()._get_train_sampler(train_dataset)
+            return None
         args = self.args
         return LengthCurriculumSampler(
             self.train_levels,
@@ -76,20 +78,17 @@ class MathPETrainer(Trainer):
             seed=args.seed,
         )
 
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+    def save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        """``Trainer``'s checkpoint written into ``.staging/``, then renamed into the run folder."""
         run_dir = Path(self.args.output_dir)
         staging_root = run_dir / STAGING_DIR
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         if self.args.should_save:
             shutil.rmtree(staging_root / name, ignore_errors=True)
         self.accelerator.wait_for_everyone()
-        self.args.output_dir = str(staging_root)
-        try:
-            super()._save_checkpoint(model, trial)
-            if self.args.should_save and _is_peft(self.model):
-                save_file(_pe_state(self.model), str(staging_root / name / PE_STATE_FILE))
-        finally:
-            self.args.output_dir = str(run_dir)
+        self.save_checkpoint_into(str(staging_root), model, trial)
+        if self.args.should_save and _is_peft(self.model):
+            save_file(_pe_state(self.model), str(staging_root / name / PE_STATE_FILE))
         self.accelerator.wait_for_everyone()
         best = self.state.best_model_checkpoint
         if best is not None and Path(best).parent == staging_root:  # recorded while saving into staging
@@ -105,11 +104,9 @@ class MathPETrainer(Trainer):
             )
         self.accelerator.wait_for_everyone()
 
-    def _load_from_checkpoint(
-        self, resume_from_checkpoint: str, model: torch.nn.Module | None = None
-    ) -> None:
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        pe_file = Path(resume_from_checkpoint) / PE_STATE_FILE
+    def checkpoint_loaded(self, checkpoint: str, model: torch.nn.Module | None) -> None:
+        """Load the PE's parameters saved beside a PEFT adapter."""
+        pe_file = Path(checkpoint) / PE_STATE_FILE
         if pe_file.exists():
             target = model if model is not None else self.model
             state = load_file(str(pe_file))
@@ -209,9 +206,7 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
             with safe_open(str(path), framework="pt"):
                 pass
         except Exception as error:  # safetensors raises its own SafetensorError, or OSError
-            return (
-                f"{path.name}: {str(error).strip().splitlines()[0] if str(error).strip() else 'unreadable'}"
-            )
+            return f"{path.name}: {error_summary(error)}"
     for path in sorted([*checkpoint.glob("*.pt"), *checkpoint.glob("*.pth")]):
         if not zipfile.is_zipfile(path):
             return f"{path.name}: truncated or not a torch file"
