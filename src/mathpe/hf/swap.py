@@ -53,7 +53,8 @@ from mathpe.attention import (
     reorder_pe_cache,
     wants_attention_weights,
 )
-from mathpe.pe import PositionalEncoding, build_pe, list_pes, pe_options
+from mathpe.errors import ConfigError
+from mathpe.pe import PEShape, PositionalEncoding, build_pe, list_pes, pe_options
 from mathpe.remote_code import RemoteCodeConfig
 
 #: Supported transformers versions: ``minimum <= version < maximum``.
@@ -110,7 +111,6 @@ def _attend(
         context,
         cache=cache,
         layer_idx=module.layer_idx,
-        hidden_states=hidden_states,
         dropout=module.attention_dropout if module.training else 0.0,
         scale=module.scaling,
     )
@@ -203,15 +203,15 @@ for _family in FAMILIES:
 SUPPORTED_ARCHITECTURES = tuple(family.model_class.__name__ for family in FAMILIES)
 
 
-def _unsupported(what: str) -> ValueError:
-    return ValueError(
+def _unsupported(what: str) -> ConfigError:
+    return ConfigError(
         f"cannot swap the positional encoding of {what}; supported architectures: "
         f"{', '.join(SUPPORTED_ARCHITECTURES)}"
     )
 
 
 def family_of(model: nn.Module) -> Family:
-    """The family of a loaded model; a ValueError naming the supported architectures otherwise."""
+    """The family of a loaded model; a ``ConfigError`` naming the supported architectures otherwise."""
     for family in FAMILIES:
         if isinstance(model, family.model_class):
             return family
@@ -219,7 +219,7 @@ def family_of(model: nn.Module) -> Family:
 
 
 def family_of_config(config: PretrainedConfig) -> Family:
-    """The family of a model config (before loading weights); a ValueError as ``family_of`` otherwise."""
+    """The family of a model config (before loading weights); a ``ConfigError`` as ``family_of`` otherwise."""
     for family in FAMILIES:
         if config.model_type in family.model_types:
             return family
@@ -243,7 +243,7 @@ def resolve_pe(config: PretrainedConfig, pe: str, options: dict[str, Any]) -> tu
     RoPE is scaled (``rope_type`` linear / dynamic / yarn) maps ``rope`` without options to ``long_rope``.
 
     Raises:
-        ValueError: ``rope`` without options on a model whose RoPE mathpe cannot reproduce.
+        ConfigError: ``rope`` without options on a model whose RoPE mathpe cannot reproduce.
     """
     rope_parameters = dict(getattr(config, "rope_parameters", None) or {})
     rope_type = rope_parameters.get("rope_type", "default")
@@ -252,17 +252,17 @@ def resolve_pe(config: PretrainedConfig, pe: str, options: dict[str, Any]) -> tu
     rope_parameters.setdefault("original_max_position_embeddings", config.max_position_embeddings)
     if pe == "rope" and not options and rope_type != "default":
         if rope_type not in SCALED_ROPE_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"this model's rope_type {rope_type!r} has no mathpe equivalent (supported: default, "
                 f"{', '.join(SCALED_ROPE_TYPES)}); pass rope options to swap in a plain RoPE"
             )
         if "long_rope" not in list_pes():
-            raise ValueError(
+            raise ConfigError(
                 f"this model's rope_type {rope_type!r} needs PE 'long_rope', which is not available"
             )
         unknown = sorted(set(rope_parameters) - set(_ROPE_PARAMETER_OPTIONS))
         if unknown:
-            raise ValueError(f"long_rope cannot reproduce rope_parameters {unknown} of this model")
+            raise ConfigError(f"long_rope cannot reproduce rope_parameters {unknown} of this model")
         pe = "long_rope"
     accepted = pe_options(pe)
     defaults = {
@@ -350,17 +350,13 @@ def build_model_pe(
         ``(name, options, module)``: the name and full options to record, and the PE module.
 
     Raises:
-        ValueError: unknown PE or option, or an option value out of range.
+        ConfigError: unknown PE or option, or an option value out of range.
     """
     name, options = resolve_pe(config, pe, options)
-    module = build_pe(
-        name,
-        num_heads=config.num_attention_heads,
-        head_dim=_head_dim(config),
-        hidden_size=config.hidden_size,
-        max_position=config.max_position_embeddings,
-        **options,
+    shape = PEShape(
+        config.num_attention_heads, _head_dim(config), config.hidden_size, config.max_position_embeddings
     )
+    module = build_pe(name, shape, **options)
     return name, options, module
 
 
@@ -414,7 +410,7 @@ def swap_positional_encoding(model: PreTrainedModel, pe: str, **options: Any) ->
         ``model`` itself.
 
     Raises:
-        ValueError: unsupported architecture, unknown PE or option, or an option value out of range.
+        ConfigError: unsupported architecture, unknown PE or option, or an option value out of range.
     """
     family_of(model)
     return install_pe(model, *build_model_pe(model.config, pe, options))
