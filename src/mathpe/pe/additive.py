@@ -146,9 +146,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
 
     @eval_offset.setter
     def eval_offset(self, value: int) -> None:
-        if require_int("eval_offset", value, minimum=0) > self.max_offset:
-            raise ConfigError(f"eval_offset must be in 0..max_offset={self.max_offset}, got {value}")
-        self._eval_offset = value
+        self._eval_offset = self.check_eval_variant(value)
 
     def prepare(
         self,
@@ -165,12 +163,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
             attention_mask=attention_mask,
             state=None if state is None else state["runs"],
         )
-        if state is not None:
-            offset = state["offset"]
-        elif self.training:
-            offset = torch.randint(0, self.max_offset + 1, runs_carry.shape, device=runs_carry.device)
-        else:
-            offset = torch.full_like(runs_carry, self.eval_offset)
+        offset = self.sequence_variants(runs_carry) if state is None else state["offset"]
         extra["digit_offset"] = offset[:, None].expand_as(extra["digit_runs"])
         return extra, {"runs": runs_carry, "offset": offset}
 

@@ -159,19 +159,37 @@ class PositionalEncoding(nn.Module):
         limit = {**cls.option_defaults(), **options}[cls.eval_variant_limit_option]
         return range(require_int(cls.eval_variant_limit_option, limit, minimum=0) + 1)
 
+    def check_eval_variant(self, variant: int) -> int:
+        """``variant`` when it is one of this PE's ``eval_variants``; a one-line ``ConfigError`` otherwise."""
+        if self.eval_variant_option is None:
+            raise ConfigError(f"PE {self.registry_name!r} has no eval-time variants")
+        variants = self.eval_variants(self.constructor_options)
+        if require_int(self.eval_variant_option, variant, minimum=0) not in variants:
+            raise ConfigError(
+                f"{self.eval_variant_option} must be in 0..{self.eval_variant_limit_option}={variants.stop - 1}, "
+                f"got {variant}"
+            )
+        return variant
+
     @contextlib.contextmanager
     def using_eval_variant(self, variant: int) -> Iterator[None]:
         """Evaluate with eval-time variant ``variant`` (one of ``eval_variants``) inside the block."""
-        variants = self.eval_variants(self.constructor_options)
-        if variant not in variants:
-            allowed = f"0..{variants.stop - 1}" if variants else "none"
-            raise ConfigError(f"PE {self.registry_name!r} has no eval variant {variant!r}; it has: {allowed}")
-        saved = getattr(self, self.eval_variant_option)
-        setattr(self, self.eval_variant_option, variant)
+        variant = self.check_eval_variant(variant)
+        option = self.eval_variant_option
+        saved = getattr(self, option)
+        setattr(self, option, variant)
         try:
             yield
         finally:
-            setattr(self, self.eval_variant_option, saved)
+            setattr(self, option, saved)
+
+    def sequence_variants(self, like: torch.Tensor) -> torch.Tensor:
+        """The variant of each new sequence, shaped and placed like ``like`` (batch,): uniform over the
+        ``eval_variants`` in training (a PE with variants trains on random ones), the eval variant in eval."""
+        if self.training:
+            count = len(self.eval_variants(self.constructor_options))
+            return torch.randint(0, count, like.shape, device=like.device)
+        return torch.full_like(like, getattr(self, self.eval_variant_option))
 
     def _apply(self, fn: Any, recurse: bool = True) -> PositionalEncoding:
         kept_buffers = {name: self._buffers[name] for name in self.float32_buffers if name in self._buffers}

@@ -88,9 +88,7 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
         self.init_digit_runs(digit_token_ids)
         self.max_digits = require_int("max_digits", max_digits)
         self.max_start = require_int("max_start", max_start, minimum=0)
-        if require_int("eval_start", eval_start, minimum=0) > self.max_start:
-            raise ConfigError(f"eval_start must be in 0..max_start={self.max_start}, got {eval_start}")
-        self.eval_start = eval_start
+        self.eval_start = self.check_eval_variant(eval_start)
         self.table = nn.Embedding(max_start + max_digits + 1, shape.hidden_size)
         nn.init.normal_(self.table.weight, std=0.02)
 
@@ -113,12 +111,7 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
             attention_mask=attention_mask,
             state=None if state is None else state["runs"],
         )
-        if state is not None:
-            start = state["start"]
-        elif self.training:
-            start = torch.randint(0, self.max_start + 1, runs_carry.shape, device=runs_carry.device)
-        else:
-            start = torch.full_like(runs_carry, self.eval_start)
+        start = self.sequence_variants(runs_carry) if state is None else state["start"]
         runs = extra["digit_runs"]
         return {"digit_runs": runs, "coupled_position_ids": coupled_position_ids(runs, start)}, {
             "runs": runs_carry,
