@@ -105,9 +105,25 @@ def test_run_settings_ask_the_pe_for_its_eval_variants_and_length():
         RunConfig(pe="learned", max_length=33).check_max_length(32)
 
 
-#: Outside pe/, these may name PEs: presets (defaults and study lists), benchmarks that compare with other
-#: libraries, and the HF swap's translation of a pretrained model's own ``rope_type`` into the PE reproducing it.
-NAMING_ALLOWED = ("bench/", "hf/swap.py")
+def test_rope_types_name_one_pe_each_and_are_its_scalings():
+    owners: dict[str, list[str]] = {}
+    for name in list_pes():
+        for rope_type in pe_class(name).rope_types:
+            owners.setdefault(rope_type, []).append(name)
+            assert pe_class(name).kind == "rotary"
+            if rope_type != "default":  # a scaled RoPE: the PE takes it as its scaling option
+                build(name, scaling=rope_type)
+    assert owners == {
+        "default": ["rope"],
+        "linear": ["long_rope"],
+        "dynamic": ["long_rope"],
+        "yarn": ["long_rope"],
+    }
+
+
+#: Outside pe/, only benchmarks that compare with other libraries may compare against PE names (presets name
+#: PEs in lists and defaults, which this check does not flag).
+NAMING_ALLOWED = ("bench/",)
 
 
 def pe_names_branched_on(path: Path) -> list[str]:

@@ -54,7 +54,7 @@ from mathpe.attention import (
     wants_attention_weights,
 )
 from mathpe.errors import ConfigError
-from mathpe.pe import PEShape, PositionalEncoding, build_pe, list_pes, pe_options
+from mathpe.pe import PEShape, PositionalEncoding, build_pe, list_pes, pe_class, pe_options
 from mathpe.remote_code import RemoteCodeConfig
 
 #: Supported transformers versions: ``minimum <= version < maximum``.
@@ -67,8 +67,6 @@ CONTEXT_KWARG = "mathpe_context"
 CONFIG_PE_KEY = "mathpe_pe"
 CONFIG_OPTIONS_KEY = "mathpe_pe_options"
 
-#: Model rope scalings (``config.rope_parameters["rope_type"]``) that ``long_rope`` reproduces.
-SCALED_ROPE_TYPES = ("linear", "dynamic", "yarn")
 #: ``rope_parameters`` key -> PE option, for the keys mathpe's rotary PEs understand.
 _ROPE_PARAMETER_OPTIONS = {
     "rope_type": "scaling",
@@ -238,32 +236,33 @@ def _head_dim(config: PretrainedConfig) -> int:
 def resolve_pe(config: PretrainedConfig, pe: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The PE name and full options to build: the model's rotary settings fill the options the user left out.
 
-    Options a PE takes among ``base``, ``rotary_fraction`` and the scaling options of ``long_rope`` default to
-    the model's ``rope_parameters``, so ``rope`` without options reproduces the model's own RoPE; a model whose
-    RoPE is scaled (``rope_type`` linear / dynamic / yarn) maps ``rope`` without options to ``long_rope``.
+    Options a PE takes among ``base``, ``rotary_fraction`` and the scaling options default to the model's
+    ``rope_parameters``, so a PE that reproduces the model's ``rope_type`` (``PositionalEncoding.rope_types``)
+    reproduces its RoPE. A plain RoPE without options (a PE reproducing ``"default"``) stands for the model's
+    own RoPE: on a model whose RoPE is scaled (``rope_type`` linear / dynamic / yarn) it becomes the PE that
+    reproduces that scaling.
 
     Raises:
-        ConfigError: ``rope`` without options on a model whose RoPE mathpe cannot reproduce.
+        ConfigError: a plain RoPE without options on a model whose RoPE mathpe cannot reproduce.
     """
     rope_parameters = dict(getattr(config, "rope_parameters", None) or {})
-    rope_type = rope_parameters.get("rope_type", "default")
-    if rope_type not in SCALED_ROPE_TYPES:  # only these are a ``scaling`` of long_rope
-        rope_parameters.pop("rope_type", None)
+    rope_type = rope_parameters.pop("rope_type", "default")
     rope_parameters.setdefault("original_max_position_embeddings", config.max_position_embeddings)
-    if pe == "rope" and not options and rope_type != "default":
-        if rope_type not in SCALED_ROPE_TYPES:
+    requested = pe_class(pe).rope_types
+    if not options and "default" in requested and rope_type not in requested:
+        reproducing = [name for name in list_pes() if rope_type in pe_class(name).rope_types]
+        if not reproducing:
+            supported = sorted({kind for name in list_pes() for kind in pe_class(name).rope_types})
             raise ConfigError(
-                f"this model's rope_type {rope_type!r} has no mathpe equivalent (supported: default, "
-                f"{', '.join(SCALED_ROPE_TYPES)}); pass rope options to swap in a plain RoPE"
+                f"this model's rope_type {rope_type!r} has no mathpe equivalent (supported: "
+                f"{', '.join(supported)}); pass {pe} options to swap in a plain RoPE"
             )
-        if "long_rope" not in list_pes():
-            raise ConfigError(
-                f"this model's rope_type {rope_type!r} needs PE 'long_rope', which is not available"
-            )
+        pe = reproducing[0]
         unknown = sorted(set(rope_parameters) - set(_ROPE_PARAMETER_OPTIONS))
         if unknown:
-            raise ConfigError(f"long_rope cannot reproduce rope_parameters {unknown} of this model")
-        pe = "long_rope"
+            raise ConfigError(f"{pe} cannot reproduce rope_parameters {unknown} of this model")
+    if rope_type in pe_class(pe).rope_types:  # a scaling the PE takes as its ``scaling`` option
+        rope_parameters["rope_type"] = rope_type
     accepted = pe_options(pe)
     defaults = {
         _ROPE_PARAMETER_OPTIONS[key]: value

@@ -102,6 +102,7 @@ class PositionalEncoding(nn.Module):
     - ``kind``: where the PE acts, hence which attention path it needs (a ``"bias"`` PE needs a float mask).
     - ``uses_token_ids``: ``prepare`` reads the token ids (models pass them when they have them).
     - ``position_limit(max_position)``: the longest sequence it supports in a model of that context.
+    - ``rope_types``: the rotary embeddings of transformers' models it reproduces (for swapping a PE in).
     - ``eval_variants(options)`` and ``using_eval_variant``: fixed variants evaluation may choose among (a PE
       trained with a random offset evaluates at any one offset; ``mathpe.eval.evaluate`` votes over several).
     """
@@ -109,6 +110,9 @@ class PositionalEncoding(nn.Module):
     kind: ClassVar[Kind]
     #: True when ``prepare`` needs ``input_ids`` (digit-aware PEs); models pass them when they have them.
     uses_token_ids: ClassVar[bool] = False
+    #: transformers ``rope_type`` values (``config.rope_parameters``) this PE reproduces when a pretrained
+    #: model's rope parameters fill its options (``mathpe.hf.swap.resolve_pe``); ``"default"``: plain RoPE.
+    rope_types: ClassVar[tuple[str, ...]] = ()
     #: The option that picks the eval-time variant (``eval_variants``), or None for a PE without variants.
     eval_variant_option: ClassVar[str | None] = None
     #: The option bounding the variants: they are ``0..options[eval_variant_limit_option]``.

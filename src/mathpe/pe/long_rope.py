@@ -28,6 +28,7 @@ Choice of scaling (default ``"yarn"``):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -116,6 +117,9 @@ class LongSequenceRoPE(RotaryEncoding):
         beta_fast, beta_slow: YaRN's ramp bounds, in rotations over ``original_max_position``.
         attention_factor: YaRN's cos/sin multiplier; None for ``0.1 * ln(factor) + 1``. YaRN only.
     """
+
+    #: The scalings transformers also has (as ``rope_type``): a model's scaled RoPE swaps to this PE.
+    rope_types: ClassVar[tuple[str, ...]] = ("linear", "dynamic", "yarn")
 
     def __init__(
         self,

@@ -141,6 +141,8 @@ class RoPE(RotaryEncoding):
         rotary_fraction: fraction of each head's dims that rotate (GPT-NeoX ``rotary_pct``); the rest pass.
     """
 
+    rope_types: ClassVar[tuple[str, ...]] = ("default",)
+
     def __init__(
         self,
         shape: PEShape,
