@@ -22,7 +22,7 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
     Args:
         pe: registry name of the positional encoding (``mathpe.pe.list_pes()``).
         pe_options: the method's options (``mathpe.pe.pe_options(pe)`` lists them with defaults).
-        max_position_embeddings: the training context length; PEs with a table (``learned``) stop there,
+        max_position_embeddings: the training context length; PEs with a table stop there (``position_limit``),
             scaled PEs use it as their reference length.
         randomized_positions: train on randomized positions (Ruoss et al. 2023): a training forward sees a
             sorted random subset of ``0..randomized_positions-1`` instead of ``0..n-1``; None: off.
