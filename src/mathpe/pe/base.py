@@ -123,10 +123,10 @@ class PositionalEncoding(nn.Module):
     float32_buffers: ClassVar[tuple[str, ...]] = ()
     float32_parameters: ClassVar[tuple[str, ...]] = ()
 
-    def __new__(cls, *shape: PEShape, **options: Any) -> PositionalEncoding:
+    def __new__(cls, *args: Any, **options: Any) -> PositionalEncoding:
         """Record the method's options (``constructor_options``) for ``initial_tensors``.
 
-        (``shape`` is optional here: ``copy`` and ``pickle`` create the instance without arguments.)
+        ``args`` is the shape, or nothing when ``copy`` and ``pickle`` create the instance.
         """
         instance = super().__new__(cls)
         instance.__dict__["constructor_options"] = dict(options)
