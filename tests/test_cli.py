@@ -131,7 +131,7 @@ def test_founding_command_with_a_local_gpt_neox_on_gsm8k(tmp_path, tiny_gpt_neox
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--pe", "bogus"], "unknown PE 'bogus'; choose one of: rope"),
+        (["--pe", "bogus"], "unknown PE 'bogus'; choose one of: abacus, alibi, "),
         (["--datasets", "addition,poetry"], "unknown dataset(s) ['poetry']; choose from: addition"),
         (
             ["--datasets", "gsm8k", "--data_dir", "/nonexistent/data"],

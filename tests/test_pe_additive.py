@@ -9,8 +9,9 @@ import torch
 
 from mathpe.model.configuration import preset_config
 from mathpe.model.modeling import MathPEForCausalLM
-from mathpe.pe import build_pe
-from mathpe.pe.additive import abacus_indices, require_int, sinusoidal_table
+from mathpe.pe import PEShape, build_pe
+from mathpe.pe.additive import abacus_indices, sinusoidal_table
+from mathpe.pe.base import require_int
 
 HEADS, HEAD_DIM, HIDDEN, MAX_POSITION = 4, 16, 64, 64
 #: Token ids 3..12 are the digits 0..9 in these tests; everything else is an operator or padding.
@@ -18,9 +19,7 @@ DIGITS = list(range(3, 13))
 
 
 def build(name: str, **options: object) -> torch.nn.Module:
-    return build_pe(
-        name, num_heads=HEADS, head_dim=HEAD_DIM, hidden_size=HIDDEN, max_position=MAX_POSITION, **options
-    )
+    return build_pe(name, PEShape(HEADS, HEAD_DIM, HIDDEN, MAX_POSITION), **options)
 
 
 def test_require_int() -> None:

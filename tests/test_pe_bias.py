@@ -11,7 +11,7 @@ from transformers.models.t5.modeling_t5 import T5Attention
 
 from mathpe.model.configuration import preset_config
 from mathpe.model.modeling import MathPEForCausalLM
-from mathpe.pe import build_pe
+from mathpe.pe import PEShape, build_pe
 from mathpe.pe.bias import (
     alibi_slopes,
     fire_interpolated_distance,
@@ -46,9 +46,7 @@ def ids(params: list[tuple[str, dict]]) -> list[str]:
 def make(name: str, options: dict, seed: int = 0) -> torch.nn.Module:
     """The PE with every parameter randomised, so zero-initialised tables are exercised too."""
     torch.manual_seed(seed)
-    pe = build_pe(
-        name, num_heads=HEADS, head_dim=HEAD_DIM, hidden_size=HIDDEN, max_position=MAX_POSITION, **options
-    )
+    pe = build_pe(name, PEShape(HEADS, HEAD_DIM, HIDDEN, MAX_POSITION), **options)
     with torch.no_grad():
         for param in pe.parameters():
             param.add_(torch.randn_like(param) * 0.3)
@@ -101,7 +99,7 @@ def test_alibi_slopes_paper_values() -> None:
 
 
 def test_alibi_bias_is_minus_slope_times_distance() -> None:
-    pe = build_pe("alibi", num_heads=6, head_dim=8, hidden_size=48, max_position=16)
+    pe = build_pe("alibi", PEShape(6, 8, 48, 16))
     q = torch.tensor([[5, 9, 40]])
     k = torch.arange(0, 41).view(1, -1)
     bias = pe.bias(q, k)
@@ -131,7 +129,7 @@ def reference_fire(pe: torch.nn.Module, query: list[int], keys: list[int], eps: 
     threshold = abs(pe.L_multiplier.item()) * pe.init_L
     w1, b1 = pe.mlp_in.weight.detach().double(), pe.mlp_in.bias.detach().double()
     w2, b2 = pe.mlp_out.weight.detach().double(), pe.mlp_out.bias.detach().double()
-    out = torch.zeros(pe.num_heads, len(query), len(keys), dtype=torch.float64)
+    out = torch.zeros(pe.shape.num_heads, len(query), len(keys), dtype=torch.float64)
     for a, i in enumerate(query):
         for b, j in enumerate(keys):
             x = math.log(abs(c * (i - j)) + 1) / (math.log(abs(c * max(i, threshold)) + 1) + eps)
@@ -263,9 +261,7 @@ def test_float32_compute_under_double_half_and_autocast(name: str, options: dict
 )
 def test_bad_options_raise(name: str, options: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        build_pe(
-            name, num_heads=HEADS, head_dim=HEAD_DIM, hidden_size=HIDDEN, max_position=MAX_POSITION, **options
-        )
+        build_pe(name, PEShape(HEADS, HEAD_DIM, HIDDEN, MAX_POSITION), **options)
 
 
 @pytest.mark.parametrize(("name", "options"), [*BIAS_PES, ("fire", {})], ids=[*ids(BIAS_PES), "fire-default"])

@@ -7,8 +7,8 @@ import torch
 
 from conftest import DEVICES
 from helpers import DIGIT_IDS, default_pe_options, perturb_parameters
-from mathpe.pe import KINDS, build_pe, list_pes, pe_options
-from mathpe.pe.registry import BASELINE_PES, FOUNDING_PES
+from mathpe.pe import KINDS, PEShape, build_pe, list_pes, pe_options
+from mathpe.train.compare import FOUNDING_PES, LENGTH_STUDY_PES
 
 HEADS, HEAD_DIM, HIDDEN, MAX_POSITION = 4, 16, 64, 64
 VOCAB = 20
@@ -17,10 +17,7 @@ VOCAB = 20
 def make_pe(name: str) -> torch.nn.Module:
     pe = build_pe(
         name,
-        num_heads=HEADS,
-        head_dim=HEAD_DIM,
-        hidden_size=HIDDEN,
-        max_position=MAX_POSITION,
+        PEShape(HEADS, HEAD_DIM, HIDDEN, MAX_POSITION),
         **default_pe_options(name),
     )
     perturb_parameters(pe)
@@ -42,8 +39,7 @@ def run_pe(pe, positions: torch.Tensor, input_ids: torch.Tensor, dtype: torch.dt
         return pe.bias(positions, positions, **extra)
     q = torch.randn(batch, HEADS, seq, HEAD_DIM, generator=generator).to(device, dtype)
     k = torch.randn(batch, HEADS, seq, HEAD_DIM, generator=generator).to(device, dtype)
-    hidden = {"hidden_states": embeds} if pe.uses_hidden_states else {}
-    return torch.stack(pe.apply(q, k, positions, **hidden, **extra))
+    return torch.stack(pe.apply(q, k, positions, **extra))
 
 
 def token_ids(batch: int, seq: int, device: str | torch.device = "cpu") -> torch.Tensor:
@@ -52,18 +48,17 @@ def token_ids(batch: int, seq: int, device: str | torch.device = "cpu") -> torch
 
 
 def test_registry_holds_the_founding_methods_and_baselines():
-    assert set(FOUNDING_PES) <= set(list_pes())
-    assert set(BASELINE_PES) - {"kerple"} <= set(list_pes())
-    assert list_pes()[: len(FOUNDING_PES)] == list(FOUNDING_PES)
+    assert set(FOUNDING_PES) <= set(LENGTH_STUDY_PES) <= set(list_pes())
+    assert list_pes() == sorted(list_pes())  # no display order: presets and reports choose their own
 
 
 def test_unknown_name_and_option_give_clear_errors():
-    with pytest.raises(ValueError, match=r"unknown PE 'bogus'; choose one of: rope"):
-        build_pe("bogus", num_heads=1, head_dim=8, hidden_size=8, max_position=8)
+    with pytest.raises(ValueError, match=r"unknown PE 'bogus'; choose one of: abacus, alibi, "):
+        build_pe("bogus", PEShape(1, 8, 8, 8))
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['colour'\] for PE 'rope'; allowed: base="):
-        build_pe("rope", num_heads=1, head_dim=8, hidden_size=8, max_position=8, colour=1)
+        build_pe("rope", PEShape(1, 8, 8, 8), colour=1)
     with pytest.raises(ValueError, match="num_heads must be a positive integer, got 0"):
-        build_pe("alibi", num_heads=0, head_dim=8, hidden_size=8, max_position=8)
+        build_pe("alibi", PEShape(0, 8, 8, 8))
 
 
 @pytest.mark.parametrize("name", list_pes())
@@ -133,8 +128,8 @@ def test_half_precision_is_finite_and_close(name: str, dtype: torch.dtype):
 def test_positions_are_honoured_not_assumed(name: str):
     """The PE at positions k..n-1 equals the tail of the PE at 0..n-1 (absolute methods, RoPE rotations)."""
     pe = make_pe(name)
-    if pe.uses_token_ids or pe.uses_hidden_states or pe.kind == "none":
-        pytest.skip("token/hidden-state dependent inputs are compared through the model's cached decoding")
+    if pe.uses_token_ids or pe.kind == "none":
+        pytest.skip("token dependent inputs are compared through the model's cached decoding")
     n, k = 48, 30
     ids = token_ids(1, n)
     full = run_pe(pe, torch.arange(n).unsqueeze(0), ids, torch.float32)

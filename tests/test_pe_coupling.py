@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mathpe.data.tokenizer import ArithmeticTokenizer
-from mathpe.pe import build_pe
+from mathpe.pe import PEShape, build_pe
 
 TOKENIZER = ArithmeticTokenizer()
 DIGITS = list(TOKENIZER.digit_token_ids)
@@ -14,9 +14,7 @@ HIDDEN = 32
 
 
 def coupling(name: str = "position_coupling", **options) -> torch.nn.Module:
-    return build_pe(
-        name, num_heads=2, head_dim=16, hidden_size=HIDDEN, max_position=64, digit_token_ids=DIGITS, **options
-    )
+    return build_pe(name, PEShape(2, 16, HIDDEN, 64), digit_token_ids=DIGITS, **options)
 
 
 def ids_of(pe: torch.nn.Module, texts: list[str], state=None) -> tuple[torch.Tensor, object]:
@@ -110,7 +108,7 @@ def test_bad_options_and_too_long_numbers_give_one_line_errors():
 def test_rope_variant_rotates_by_the_coupled_ids():
     """``position_coupling_rope`` equals RoPE evaluated at the coupled ids, wherever the tokens sit."""
     pe = coupling("position_coupling_rope").eval()
-    rope = build_pe("rope", num_heads=2, head_dim=16, hidden_size=HIDDEN, max_position=64)
+    rope = build_pe("rope", PEShape(2, 16, HIDDEN, 64))
     input_ids = torch.tensor([TOKENIZER("321+54=861", add_special_tokens=False)["input_ids"]])
     extra, _ = pe.prepare(input_ids=input_ids, inputs_embeds=torch.zeros(1, 10, HIDDEN), attention_mask=None)
     cos, sin = pe.cos_sin(torch.arange(10)[None] + 40, torch.float32, **extra)

@@ -10,7 +10,7 @@ import torch
 from helpers import left_pad, perturb_parameters, step_by_step_logits
 from mathpe.attention import positions_from_mask
 from mathpe.model import MathPEConfig, MathPEForCausalLM, preset_config
-from mathpe.pe import build_pe
+from mathpe.pe import PEShape, build_pe
 from mathpe.pe.math_adaptive import frequency_modulation, phase_shift, token_gates
 
 HEADS, HEAD_DIM, HIDDEN, MAX_POSITION = 4, 16, 64, 64
@@ -21,10 +21,7 @@ VOCAB, PAD, EOS = 24, 0, 1
 def make(**options) -> torch.nn.Module:
     return build_pe(
         "math_adaptive",
-        num_heads=HEADS,
-        head_dim=HEAD_DIM,
-        hidden_size=HIDDEN,
-        max_position=MAX_POSITION,
+        PEShape(HEADS, HEAD_DIM, HIDDEN, MAX_POSITION),
         **options,
     )
 
@@ -151,7 +148,7 @@ def test_phase_differences_depend_only_on_the_tokens_between():
 def test_equals_rope_bit_for_bit_at_init_padded_or_not():
     pe, rope = (
         make(),
-        build_pe("rope", num_heads=HEADS, head_dim=HEAD_DIM, hidden_size=HIDDEN, max_position=64),
+        build_pe("rope", PEShape(HEADS, HEAD_DIM, HIDDEN, 64)),
     )
     embeds = torch.randn(2, 40, HIDDEN)
     for mask in (None, left_padded_mask(2, 40, [0, 13])):
@@ -241,7 +238,6 @@ def test_options_and_parameters():
     }
     half = no_gates.to(torch.bfloat16)
     assert all(parameter.dtype == torch.float32 for parameter in half.parameters())
-    assert make().uses_hidden_states is False  # cos/sin once per forward, shared by all layers
 
 
 # ------------------------------------------------------------------------------------- through the model

@@ -15,7 +15,7 @@ from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXRotaryEmbeddin
 from conftest import DEVICES
 from helpers import DIGIT_IDS, left_pad, perturb_parameters, step_by_step_logits
 from mathpe.model import MathPEForCausalLM, preset_config
-from mathpe.pe import build_pe
+from mathpe.pe import PEShape, build_pe
 from mathpe.pe.long_rope import (
     dynamic_ntk_base,
     linear_scaled_inverse_frequencies,
@@ -34,9 +34,7 @@ D = {digit: DIGIT_IDS[digit] for digit in range(10)}  # digit -> token id
 
 
 def make(name: str, head_dim: int = HEAD_DIM, **options) -> torch.nn.Module:
-    return build_pe(
-        name, num_heads=HEADS, head_dim=head_dim, hidden_size=HIDDEN, max_position=MAX_POSITION, **options
-    )
+    return build_pe(name, PEShape(HEADS, head_dim, HIDDEN, MAX_POSITION), **options)
 
 
 def prepared_cos_sin(pe, ids: torch.Tensor, positions: torch.Tensor):
@@ -435,17 +433,13 @@ def perturbed(name: str) -> torch.nn.Module:
     return pe.eval()
 
 
-def rotate(
-    pe, dtype: torch.dtype, seq: int = 60, device: str = "cpu", hidden_states: bool = True
-) -> torch.Tensor:
-    """Rotated (q, k) stacked, for random q, k, token ids and embeddings (also the hidden states)."""
+def rotate(pe, dtype: torch.dtype, seq: int = 60, device: str = "cpu") -> torch.Tensor:
+    """Rotated (q, k) stacked, for random q, k, token ids and embeddings."""
     generator = torch.Generator().manual_seed(3)
     q, k = torch.randn(2, 2, HEADS, seq, HEAD_DIM, generator=generator).to(device, dtype).unbind(0)
     hidden = torch.randn(2, seq, HIDDEN, generator=generator).to(device, dtype)
     ids = torch.randint(0, VOCAB, (2, seq), generator=generator).to(device)
     extra, _ = pe.prepare(input_ids=ids, inputs_embeds=hidden, attention_mask=None)
-    if pe.uses_hidden_states and hidden_states:
-        extra["hidden_states"] = hidden
     positions = torch.arange(seq, device=device).unsqueeze(0).expand(2, seq)
     return torch.stack(pe.apply(q, k, positions, **extra))
 
@@ -464,24 +458,21 @@ def test_float64_agrees_with_float32(name: str):
 def test_half_precision_inputs_are_finite_and_close(name: str, dtype: torch.dtype):
     """Half-precision q, k (and embeddings) give rotations close to float32 ones.
 
-    A PE with per-layer hidden-state inputs (``uses_hidden_states``) is checked over 16 positions with them.
     math_adaptive's embedding-driven phase steps err by one step's rounding each (a random walk), so it is
-    checked over 60 like the others.
+    checked over 60 positions like the others.
     """
     pe = perturbed(name)
     half = copy.deepcopy(pe).to(dtype)
     assert half.inv_freq.dtype == torch.float32
     assert all(getattr(half, p).dtype == torch.float32 for p in half.float32_parameters)
     tolerance = 2e-2 if dtype == torch.float16 else 1e-1
-    for seq, hidden_states in [(60, False), (16 if pe.uses_hidden_states else 60, True)]:
-        reference = rotate(pe, torch.float32, seq=seq, hidden_states=hidden_states)
-        out = rotate(half, dtype, seq=seq, hidden_states=hidden_states)
-        assert out.dtype == dtype and torch.isfinite(out).all()
-        torch.testing.assert_close(out.float(), reference, atol=tolerance, rtol=0)
+    reference = rotate(pe, torch.float32)
+    out = rotate(half, dtype)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), reference, atol=tolerance, rtol=0)
     # float32 angle state makes the rotation tables exactly those of the float32 module.
     positions = torch.arange(300).unsqueeze(0)
-    if not pe.uses_hidden_states:
-        torch.testing.assert_close(half.angles(positions), pe.angles(positions), rtol=0, atol=0)
+    torch.testing.assert_close(half.angles(positions), pe.angles(positions), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ROTARY_PES)
@@ -500,8 +491,7 @@ def test_meta_device_moves_everything(name: str):
     pe = perturbed(name).to("meta")
     assert all(t.device.type == "meta" for t in [*pe.parameters(), *pe.buffers()])
     positions = torch.arange(16, device="meta").unsqueeze(0)
-    hidden = {"hidden_states": torch.zeros(1, 16, HIDDEN, device="meta")} if pe.uses_hidden_states else {}
-    cos, sin = pe.cos_sin(positions, torch.float16, **hidden)
+    cos, sin = pe.cos_sin(positions, torch.float16)
     assert cos.device.type == sin.device.type == "meta" and cos.dtype == torch.float16
 
 

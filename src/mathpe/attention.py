@@ -42,8 +42,8 @@ class PEContext:
         pe: the model's PE module (shared by all layers).
         position_ids: (batch, seq) positions of this forward's tokens.
         extra: per-token inputs from ``pe.prepare`` (keyword arguments of embed / apply / bias).
-        cos, sin: (batch, seq, rotary_dim) rotary tables in the activation dtype, for rotary PEs that do not
-            depend on hidden states; None otherwise.
+        cos, sin: (batch, seq, rotary_dim) rotary tables in the activation dtype, for rotary PEs; None
+            otherwise.
         embedding: (batch, seq, hidden) additive embedding, for additive PEs; None otherwise.
         attn_mask: float mask broadcastable to (batch, heads, q_len, k_len) holding the bias and the
             causal/padding masks, or None when SDPA's causal flag alone is exact.
@@ -243,7 +243,7 @@ def build_pe_context(
         setattr(cache, CACHE_RECORD, start.extended(position_ids, state, pe.token_states(extra, state)))
 
     context = PEContext(pe=pe, position_ids=position_ids, extra=extra, output_attentions=output_attentions)
-    if pe.kind == "rotary" and not pe.uses_hidden_states:
+    if pe.kind == "rotary":
         context.cos, context.sin = pe.cos_sin(position_ids, dtype, **extra)
     elif pe.kind == "additive":
         context.embedding = pe.embed(position_ids, input_ids, **extra).to(dtype)
@@ -285,7 +285,6 @@ def pe_attention(
     *,
     cache: Cache | None,
     layer_idx: int,
-    hidden_states: torch.Tensor | None = None,
     dropout: float = 0.0,
     scale: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -297,7 +296,6 @@ def pe_attention(
         context: from ``build_pe_context`` for this forward.
         cache: the KV cache, or None.
         layer_idx: this layer's index in the cache.
-        hidden_states: (batch, seq, hidden) input of this layer, for PEs with ``uses_hidden_states``.
 
     Returns:
         ``(output, weights)``: (batch, heads, seq, head_dim) attention output, and the attention probabilities
@@ -305,10 +303,6 @@ def pe_attention(
     """
     if context.cos is not None:
         query, key = apply_rotary(query, key, context.cos, context.sin)
-    elif context.pe.kind == "rotary":
-        query, key = context.pe.apply(
-            query, key, context.position_ids, hidden_states=hidden_states, **context.extra
-        )
     if cache is not None:
         key, value = cache.update(key, value, layer_idx)
     attn_mask = context.attn_mask

@@ -20,6 +20,12 @@ class ConfigError(MathPEError, ValueError):
 class ModelLoadError(MathPEError, OSError):
     """A model the user named cannot be read (missing folder, unreadable config or weights)."""
 
+    @classmethod
+    def from_error(cls, name_or_path: str, error: Exception) -> ModelLoadError:
+        """The one-line error naming ``name_or_path`` and the first line of the loader's ``error``."""
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return cls(f"cannot load a model from {name_or_path!r}: {reason}")
+
 
 class DataError(MathPEError, ValueError):
     """A data file that cannot be used (empty, malformed, no usable example); the message starts with its path."""

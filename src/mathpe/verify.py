@@ -19,9 +19,10 @@ import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 from mathpe.data.tokenizer import digit_options
+from mathpe.errors import ConfigError
 from mathpe.eval.report import markdown_table, write_json
 from mathpe.model import MathPEConfig, MathPEForCausalLM
-from mathpe.pe import list_pes
+from mathpe.pe import list_pes, pe_class
 
 VOCAB = 64
 CONTEXT = 512
@@ -88,17 +89,19 @@ def devices_and_dtypes() -> list[tuple[str, torch.dtype]]:
 
 
 def check_forward(model: PreTrainedModel, pe: str, device: str, lengths: tuple[int, ...]) -> str:
-    """Forward at each length: finite logits on the right device; ``learned`` must refuse past its table."""
+    """Forward at each length: finite logits on the right device; a PE with a position limit (a table) must
+    refuse lengths past it."""
+    limit = pe_class(pe).position_limit(CONTEXT)
     passed = []
     for length in lengths:
         ids = torch.randint(2, VOCAB, (1, length), device=device)
-        if pe == "learned" and length > CONTEXT:
+        if limit is not None and length > limit:
             try:
                 model(ids)
-            except ValueError:
+            except ConfigError:
                 passed.append(f"{length}:refused")
                 continue
-            raise AssertionError(f"learned accepted length {length} past its {CONTEXT}-position table")
+            raise AssertionError(f"{pe} accepted length {length} past its limit of {limit} positions")
         with torch.no_grad():
             logits = model(ids).logits
         if logits.device.type != device or not torch.isfinite(logits).all():

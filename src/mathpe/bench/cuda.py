@@ -11,7 +11,7 @@ from mathpe.bench.models import NEOX_SHAPES, neox, swapped, train_step
 from mathpe.bench.report import Table
 from mathpe.bench.sections import MIB, SECTIONS, Setting, Sizes
 from mathpe.errors import error_summary
-from mathpe.pe import build_pe
+from mathpe.pe import PEShape, build_pe
 
 #: Dense bfloat16 peak FLOP/s by device name fragment (vendor datasheets, SXM parts), for MFU.
 PEAK_BF16_FLOPS = {
@@ -115,9 +115,7 @@ def flex_alibi(setting: Setting, *, compiled: bool) -> Table:
         table.notes.append("torch.nn.attention.flex_attention is not available in this torch: skipped.")
         return table
     device, dtype = setting.device, setting.dtype
-    pe = build_pe(
-        "alibi", num_heads=shape.heads, head_dim=shape.head_dim, hidden_size=shape.hidden, max_position=seq
-    ).to(device)
+    pe = build_pe("alibi", PEShape(shape.heads, shape.head_dim, shape.hidden, seq)).to(device)
     query, key, value = (
         torch.randn(
             batch, shape.heads, seq, shape.head_dim, device=device, dtype=dtype, requires_grad=backward

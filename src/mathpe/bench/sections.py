@@ -335,7 +335,7 @@ def scaling(setting: Setting) -> Table:
                 [("time exponent", TIME_EXPONENT_TARGET, exponent)] if last and exponent is not None else []
             )
             context_bytes = copies = None
-            if model.config.pe in ("alibi", "t5_relative", "fire"):
+            if pe_class(model.config.pe).kind == "bias":
                 context_bytes = _pe_context_bytes(model, tokens, setting.device)
                 extra = result.peak_bytes[name] - result.peak_bytes["rope"] - context_bytes
                 copies = extra / (shape.layers * batch * one_bias)

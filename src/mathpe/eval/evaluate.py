@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -10,9 +11,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from mathpe.errors import ConfigError
 from mathpe.eval.grading import truncate_at_stop
 from mathpe.eval.tasks import Task
-from mathpe.pe.additive import Abacus
+from mathpe.pe import PositionalEncoding
 
 
 @torch.no_grad()
@@ -63,32 +65,33 @@ def offset_vote_completions(
     offsets: Sequence[int],
     **generate_options: Any,
 ) -> tuple[list[str], list[int]]:
-    """The most common completion of each prompt over greedy generations at each Abacus eval offset.
+    """The most common completion of each prompt over greedy generations at each of the PE's eval variants.
 
-    A test-time ensemble for PEs trained with a random offset (``abacus``): the offset is a nuisance
-    variable the model was trained to ignore, yet past the training length its answers depend on it, and
-    where they disagree the majority is more often right. mathpe's own (no library offers it). Ties go to
-    the offset listed first. ``generate_options`` are passed to ``generate_completions``.
+    A test-time ensemble for PEs trained with random variants (``PositionalEncoding.eval_variants``: the
+    offset of ``abacus``): the variant is a nuisance the model was trained to ignore, yet past the training
+    length its answers depend on it, and where they disagree the majority is more often right. mathpe's own
+    (no library offers it). Ties go to the offset listed first. ``generate_options`` are passed to
+    ``generate_completions``.
 
     Returns:
         ``(completions, votes)``: the winning completion per prompt and how many offsets produced it.
     """
-    encodings = [module for module in model.modules() if isinstance(module, Abacus)]
+    encodings = [
+        module
+        for module in model.modules()
+        if isinstance(module, PositionalEncoding) and module.eval_variants(module.constructor_options)
+    ]
     if not encodings:
-        raise ValueError(
-            f"eval offsets {list(offsets)} need a PE with a random training offset (abacus); "
-            f"this model has none"
+        raise ConfigError(
+            f"eval offsets {list(offsets)} need a PE with a random training offset (one with eval-time "
+            "variants); this model has none"
         )
-    saved = [encoding.eval_offset for encoding in encodings]
     per_offset = []
-    try:
-        for offset in offsets:
-            for encoding in encodings:
-                encoding.eval_offset = offset
+    for offset in offsets:
+        with contextlib.ExitStack() as variants:
+            for encoding in encodings:  # the PE, and PEFT's trainable copy of it when there is one
+                variants.enter_context(encoding.using_eval_variant(offset))
             per_offset.append(generate_completions(model, tokenizer, prompts, **generate_options))
-    finally:
-        for encoding, offset in zip(encodings, saved, strict=True):
-            encoding.eval_offset = offset
     winners = [Counter(candidates).most_common(1)[0] for candidates in zip(*per_offset, strict=True)]
     return [completion for completion, _ in winners], [votes for _, votes in winners]
 
@@ -104,7 +107,7 @@ def evaluate_task(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Generate for every evaluation item of ``task`` and grade it.
 
-    ``eval_offsets``: when given, each answer is the majority over these Abacus offsets
+    ``eval_offsets``: when given, each answer is the majority over these eval variants of the PE
     (``offset_vote_completions``) and each prediction records its ``offset_votes``.
 
     Returns:

@@ -14,7 +14,7 @@ from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cache
 
 from mathpe import __version__
 from mathpe.compat import cached_file_or_none, class_ignoring_unexpected_keys, reassign_class
-from mathpe.errors import ConfigError, ModelLoadError, error_summary
+from mathpe.errors import ConfigError, ModelLoadError
 from mathpe.hf.swap import (
     CONFIG_OPTIONS_KEY,
     CONFIG_PE_KEY,
@@ -28,20 +28,15 @@ from mathpe.hf.swap import (
 from mathpe.pe import list_pes
 
 
-def _cannot_load(name_or_path: str, error: Exception) -> ModelLoadError:
-    """A one-line ``ModelLoadError`` (an OSError) naming ``name_or_path`` and the first line of ``error``."""
-    return ModelLoadError(f"cannot load a model from {name_or_path!r}: {error_summary(error)}")
-
-
 def _load_config(name_or_path: str) -> PretrainedConfig:
-    """The model config, or a one-line OSError naming ``name_or_path`` when it cannot be read."""
+    """The model config, or a one-line ``ModelLoadError`` naming ``name_or_path`` when it cannot be read."""
     looks_local = os.path.isabs(name_or_path) or name_or_path.startswith((".", "~"))
     if looks_local and not os.path.isdir(os.path.expanduser(name_or_path)):
         raise ModelLoadError(f"cannot load a model from {name_or_path!r}: no such directory")
     try:
         return AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as error:
-        raise _cannot_load(name_or_path, error) from error
+        raise ModelLoadError.from_error(name_or_path, error) from error
 
 
 def _checkpoint_files(name_or_path: str) -> list[str]:
@@ -73,7 +68,7 @@ def _from_pretrained(family: Family, name_or_path: str, swapped: bool, **kwargs:
     try:
         model = loader.from_pretrained(name_or_path, **kwargs)
     except OSError as error:  # missing or unreadable weights
-        raise _cannot_load(name_or_path, error) from error
+        raise ModelLoadError.from_error(name_or_path, error) from error
     return reassign_class(model, model_class)
 
 
@@ -121,11 +116,12 @@ def load_model(
         **options: the PE's options (``mathpe.pe.pe_options(pe)``).
 
     Raises:
-        OSError: ``name_or_path`` cannot be read, or was written by a newer mathpe.
-        ValueError: unsupported architecture, unknown PE or option, PE weights missing from the checkpoint.
+        ModelLoadError (an OSError): ``name_or_path`` cannot be read.
+        ConfigError (a ValueError): unsupported architecture, unknown PE or option, PE weights missing from the
+            checkpoint, or a PE the installed mathpe does not have.
     """
     if options and pe is None:
-        raise ValueError(f"PE options {sorted(options)} given without a pe; pass pe= one of the PE names")
+        raise ConfigError(f"PE options {sorted(options)} given without a pe; pass pe= one of the PE names")
     return _load(name_or_path, _load_config(name_or_path), pe, options, dtype=dtype, device_map=device)
 
 

@@ -59,7 +59,8 @@ from mathpe.compat import (
     set_beam_search_reorder,
     transformers_version_supported,
 )
-from mathpe.pe import PositionalEncoding, build_pe, list_pes, pe_options
+from mathpe.errors import ConfigError
+from mathpe.pe import PEShape, PositionalEncoding, build_pe, list_pes, pe_class, pe_options
 from mathpe.remote_code import RemoteCodeConfig
 
 #: Attribute of the base model holding the PE (its state-dict prefix, and PEFT's ``modules_to_save`` name).
@@ -70,8 +71,6 @@ CONTEXT_KWARG = "mathpe_context"
 CONFIG_PE_KEY = "mathpe_pe"
 CONFIG_OPTIONS_KEY = "mathpe_pe_options"
 
-#: Model rope scalings (``config.rope_parameters["rope_type"]``) that ``long_rope`` reproduces.
-SCALED_ROPE_TYPES = ("linear", "dynamic", "yarn")
 #: ``rope_parameters`` key -> PE option, for the keys mathpe's rotary PEs understand.
 _ROPE_PARAMETER_OPTIONS = {
     "rope_type": "scaling",
@@ -108,7 +107,6 @@ def _attend(
         context,
         cache=cache,
         layer_idx=module.layer_idx,
-        hidden_states=hidden_states,
         dropout=module.attention_dropout if module.training else 0.0,
         scale=module.scaling,
     )
@@ -201,15 +199,15 @@ for _family in FAMILIES:
 SUPPORTED_ARCHITECTURES = tuple(family.model_class.__name__ for family in FAMILIES)
 
 
-def _unsupported(what: str) -> ValueError:
-    return ValueError(
+def _unsupported(what: str) -> ConfigError:
+    return ConfigError(
         f"cannot swap the positional encoding of {what}; supported architectures: "
         f"{', '.join(SUPPORTED_ARCHITECTURES)}"
     )
 
 
 def family_of(model: nn.Module) -> Family:
-    """The family of a loaded model; a ValueError naming the supported architectures otherwise."""
+    """The family of a loaded model; a ``ConfigError`` naming the supported architectures otherwise."""
     for family in FAMILIES:
         if isinstance(model, family.model_class):
             return family
@@ -217,7 +215,7 @@ def family_of(model: nn.Module) -> Family:
 
 
 def family_of_config(config: PretrainedConfig) -> Family:
-    """The family of a model config (before loading weights); a ValueError as ``family_of`` otherwise."""
+    """The family of a model config (before loading weights); a ``ConfigError`` as ``family_of`` otherwise."""
     for family in FAMILIES:
         if config.model_type in family.model_types:
             return family
@@ -236,32 +234,33 @@ def _head_dim(config: PretrainedConfig) -> int:
 def resolve_pe(config: PretrainedConfig, pe: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """The PE name and full options to build: the model's rotary settings fill the options the user left out.
 
-    Options a PE takes among ``base``, ``rotary_fraction`` and the scaling options of ``long_rope`` default to
-    the model's ``rope_parameters``, so ``rope`` without options reproduces the model's own RoPE; a model whose
-    RoPE is scaled (``rope_type`` linear / dynamic / yarn) maps ``rope`` without options to ``long_rope``.
+    Options a PE takes among ``base``, ``rotary_fraction`` and the scaling options default to the model's
+    ``rope_parameters``, so a PE that reproduces the model's ``rope_type`` (``PositionalEncoding.rope_types``)
+    reproduces its RoPE. A plain RoPE without options (a PE reproducing ``"default"``) stands for the model's
+    own RoPE: on a model whose RoPE is scaled (``rope_type`` linear / dynamic / yarn) it becomes the PE that
+    reproduces that scaling.
 
     Raises:
-        ValueError: ``rope`` without options on a model whose RoPE mathpe cannot reproduce.
+        ConfigError: a plain RoPE without options on a model whose RoPE mathpe cannot reproduce.
     """
     rope_parameters = dict(getattr(config, "rope_parameters", None) or {})
-    rope_type = rope_parameters.get("rope_type", "default")
-    if rope_type not in SCALED_ROPE_TYPES:  # only these are a ``scaling`` of long_rope
-        rope_parameters.pop("rope_type", None)
+    rope_type = rope_parameters.pop("rope_type", "default")
     rope_parameters.setdefault("original_max_position_embeddings", config.max_position_embeddings)
-    if pe == "rope" and not options and rope_type != "default":
-        if rope_type not in SCALED_ROPE_TYPES:
-            raise ValueError(
-                f"this model's rope_type {rope_type!r} has no mathpe equivalent (supported: default, "
-                f"{', '.join(SCALED_ROPE_TYPES)}); pass rope options to swap in a plain RoPE"
+    requested = pe_class(pe).rope_types
+    if not options and "default" in requested and rope_type not in requested:
+        reproducing = [name for name in list_pes() if rope_type in pe_class(name).rope_types]
+        if not reproducing:
+            supported = sorted({kind for name in list_pes() for kind in pe_class(name).rope_types})
+            raise ConfigError(
+                f"this model's rope_type {rope_type!r} has no mathpe equivalent (supported: "
+                f"{', '.join(supported)}); pass {pe} options to swap in a plain RoPE"
             )
-        if "long_rope" not in list_pes():
-            raise ValueError(
-                f"this model's rope_type {rope_type!r} needs PE 'long_rope', which is not available"
-            )
+        pe = reproducing[0]
         unknown = sorted(set(rope_parameters) - set(_ROPE_PARAMETER_OPTIONS))
         if unknown:
-            raise ValueError(f"long_rope cannot reproduce rope_parameters {unknown} of this model")
-        pe = "long_rope"
+            raise ConfigError(f"{pe} cannot reproduce rope_parameters {unknown} of this model")
+    if rope_type in pe_class(pe).rope_types:  # a scaling the PE takes as its ``scaling`` option
+        rope_parameters["rope_type"] = rope_type
     accepted = pe_options(pe)
     defaults = {
         _ROPE_PARAMETER_OPTIONS[key]: value
@@ -348,17 +347,13 @@ def build_model_pe(
         ``(name, options, module)``: the name and full options to record, and the PE module.
 
     Raises:
-        ValueError: unknown PE or option, or an option value out of range.
+        ConfigError: unknown PE or option, or an option value out of range.
     """
     name, options = resolve_pe(config, pe, options)
-    module = build_pe(
-        name,
-        num_heads=config.num_attention_heads,
-        head_dim=_head_dim(config),
-        hidden_size=config.hidden_size,
-        max_position=config.max_position_embeddings,
-        **options,
+    shape = PEShape(
+        config.num_attention_heads, _head_dim(config), config.hidden_size, config.max_position_embeddings
     )
+    module = build_pe(name, shape, **options)
     return name, options, module
 
 
@@ -413,7 +408,7 @@ def swap_positional_encoding(model: PreTrainedModel, pe: str, **options: Any) ->
         ``model`` itself.
 
     Raises:
-        ValueError: unsupported architecture, unknown PE or option, or an option value out of range.
+        ConfigError: unsupported architecture, unknown PE or option, or an option value out of range.
     """
     family_of(model)
     return install_pe(model, *build_model_pe(model.config, pe, options))

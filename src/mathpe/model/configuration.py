@@ -7,7 +7,9 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from mathpe.pe.registry import pe_class, pe_options
+from mathpe.errors import ConfigError
+from mathpe.pe.base import PEShape
+from mathpe.pe.registry import check_pe_options, pe_class
 from mathpe.remote_code import RemoteCodeConfig
 
 
@@ -20,7 +22,7 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
     Args:
         pe: registry name of the positional encoding (``mathpe.pe.list_pes()``).
         pe_options: the method's options (``mathpe.pe.pe_options(pe)`` lists them with defaults).
-        max_position_embeddings: the training context length; PEs with a table (``learned``) stop there,
+        max_position_embeddings: the training context length; PEs with a table stop there (``position_limit``),
             scaled PEs use it as their reference length.
         randomized_positions: train on randomized positions (Ruoss et al. 2023): a training forward sees a
             sorted random subset of ``0..randomized_positions-1`` instead of ``0..n-1``; None: off.
@@ -53,23 +55,25 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
             self.intermediate_size = 4 * self.hidden_size
         pe_class(
             self.pe
-        )  # here, not in validate_architecture, so an unknown PE is a plain one-line ValueError
+        )  # here, not in validate_architecture, so an unknown PE is a plain one-line ConfigError
         super().__post_init__(**kwargs)
 
     def validate_architecture(self) -> None:
-        """Check the PE name and options and the head split (a one-line ValueError each)."""
-        pe_class(self.pe)
-        unknown = sorted(set(self.pe_options or {}) - set(pe_options(self.pe)))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for PE {self.pe!r}; allowed: {sorted(pe_options(self.pe))}"
-            )
+        """Check the PE name and options and the head split (a one-line ``ConfigError`` each)."""
+        check_pe_options(self.pe, self.pe_options or {})
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+            raise ConfigError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def pe_shape(self) -> PEShape:
+        """The dimensions the model's PE is built for."""
+        return PEShape(self.num_heads, self.head_dim, self.hidden_size, self.max_position_embeddings)
 
 
 #: ``--model_size`` presets of the decoder: (hidden_size, num_layers, num_heads, max_position_embeddings).
@@ -89,7 +93,7 @@ def preset_config(size: str, *, pe: str = "rope", vocab_size: int = 32, **overri
     ``overrides`` replace any config field (e.g. ``pe_options``, ``max_position_embeddings``).
     """
     if size not in PRESETS:
-        raise ValueError(
+        raise ConfigError(
             f"unknown model size {size!r}; presets are {', '.join(PRESETS)} (or a model id / path)"
         )
     return MathPEConfig(pe=pe, vocab_size=vocab_size, **{**PRESETS[size], **overrides})

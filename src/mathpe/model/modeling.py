@@ -67,7 +67,6 @@ class MathPEAttention(nn.Module):
             context,
             cache=cache,
             layer_idx=self.layer_idx,
-            hidden_states=hidden_states,
             dropout=self.dropout if self.training else 0.0,
         )
         return self.out_proj(output.transpose(1, 2).reshape(batch, seq, -1)), weights
@@ -148,14 +147,7 @@ class MathPEModel(MathPEPreTrainedModel):
     def __init__(self, config: MathPEConfig) -> None:
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.pe = build_pe(
-            config.pe,
-            num_heads=config.num_heads,
-            head_dim=config.head_dim,
-            hidden_size=config.hidden_size,
-            max_position=config.max_position_embeddings,
-            **(config.pe_options or {}),
-        )
+        self.pe = build_pe(config.pe, config.pe_shape, **(config.pe_options or {}))
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(MathPEBlock(config, i) for i in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)

@@ -4,7 +4,7 @@ Importing this package registers every method; ``list_pes()`` names them and ``b
 """
 
 from mathpe.pe import additive, bias, coupling, long_rope, math_adaptive, math_rope, none, rotary  # noqa: F401  (registers the methods)
-from mathpe.pe.base import KINDS, PositionalEncoding
+from mathpe.pe.base import KINDS, PEShape, PositionalEncoding
 from mathpe.pe.registry import build_pe, list_pes, pe_class, pe_options
 
-__all__ = ["KINDS", "PositionalEncoding", "build_pe", "list_pes", "pe_class", "pe_options"]
+__all__ = ["KINDS", "PEShape", "PositionalEncoding", "build_pe", "list_pes", "pe_class", "pe_options"]

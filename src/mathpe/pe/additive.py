@@ -8,16 +8,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mathpe.pe.base import PositionalEncoding, float32_compute
+from mathpe.errors import ConfigError
+from mathpe.pe.base import PEShape, PositionalEncoding, float32_compute, require_int
 from mathpe.pe.digits import DigitRunsMixin
 from mathpe.pe.registry import register
-
-
-def require_int(name: str, value: object, minimum: int = 1) -> int:
-    """``value`` when it is an integer >= ``minimum``; a one-line ValueError naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def sinusoidal_table(positions: torch.Tensor, dim: int) -> torch.Tensor:
@@ -44,32 +38,31 @@ class AdditiveEncoding(PositionalEncoding):
 class Sinusoidal(AdditiveEncoding):
     """Fixed sinusoidal absolute encoding (Vaswani et al. 2017), times a learnable scale initialised to 1."""
 
-    def __init__(self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
+    def __init__(self, shape: PEShape, /) -> None:
+        super().__init__(shape)
         self.scale = nn.Parameter(torch.ones(()))
 
     def embed(
         self, position_ids: torch.Tensor, input_ids: torch.Tensor | None = None, **extra: torch.Tensor
     ) -> torch.Tensor:
         with float32_compute(position_ids.device):
-            return sinusoidal_table(position_ids, self.hidden_size) * self.scale.float()
+            return sinusoidal_table(position_ids, self.shape.hidden_size) * self.scale.float()
 
 
 @register("learned")
 class Learned(AdditiveEncoding):
     """Learned absolute position embeddings (GPT-2 style): ``nn.Embedding(max_position, hidden)``, std 0.02.
 
-    The table ends at ``max_position``: later positions raise a ValueError (no length generalisation).
+    The table ends at ``max_position``: later positions raise a ``ConfigError`` (no length generalisation).
     """
 
-    def __init__(self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
-        self.max_supported_position = max_position
-        self.table = nn.Embedding(max_position, hidden_size)
+    @classmethod
+    def position_limit(cls, max_position: int) -> int:
+        return max_position
+
+    def __init__(self, shape: PEShape, /) -> None:
+        super().__init__(shape)
+        self.table = nn.Embedding(shape.max_position, shape.hidden_size)
         nn.init.normal_(self.table.weight, std=0.02)
 
     def embed(
@@ -114,7 +107,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
       the answer is the one it gets wrong. Shifted, ``=`` carries the offset and can address the units rows
       as every later answer digit addresses its own.
     - Table: ``max_digits + max_offset + 1`` rows, init normal std 0.02. A number longer than ``max_digits``
-      raises a ValueError.
+      raises a ``ConfigError``.
 
     Options:
         digit_token_ids: ids of the ten digit tokens (None: no token is a digit; every token gets row offset).
@@ -122,29 +115,29 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         max_offset: largest random training offset (the paper trains with k = 100).
         eval_offset: the offset in eval mode, 0..max_offset (0, as in the paper). Past the training length,
             accuracy depends strongly on it (the rows a long number lands on were trained with different
-            neighbours), which ``mathpe.eval.evaluate`` exploits by voting over several (``--eval_offsets``).
+            neighbours), which ``mathpe.eval.evaluate`` exploits by voting over several (``--eval_offsets``):
+            the eval offsets are this PE's ``eval_variants``.
     """
+
+    eval_variant_option: ClassVar[str] = "eval_offset"
+    eval_variant_limit_option: ClassVar[str] = "max_offset"
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         digit_token_ids: list[int] | None = None,
         max_digits: int = 64,
         max_offset: int = 100,
         eval_offset: int = 0,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
+        super().__init__(shape)
         self.init_digit_runs(digit_token_ids)
         self.max_digits = require_int("max_digits", max_digits)
         self.max_offset = require_int("max_offset", max_offset, minimum=0)
         self.eval_offset = eval_offset
-        self.table = nn.Embedding(max_digits + max_offset + 1, hidden_size)
+        self.table = nn.Embedding(max_digits + max_offset + 1, shape.hidden_size)
         nn.init.normal_(self.table.weight, std=0.02)
 
     @property
@@ -153,9 +146,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
 
     @eval_offset.setter
     def eval_offset(self, value: int) -> None:
-        if require_int("eval_offset", value, minimum=0) > self.max_offset:
-            raise ValueError(f"eval_offset must be in 0..max_offset={self.max_offset}, got {value}")
-        self._eval_offset = value
+        self._eval_offset = self.check_eval_variant(value)
 
     def prepare(
         self,
@@ -172,12 +163,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
             attention_mask=attention_mask,
             state=None if state is None else state["runs"],
         )
-        if state is not None:
-            offset = state["offset"]
-        elif self.training:
-            offset = torch.randint(0, self.max_offset + 1, runs_carry.shape, device=runs_carry.device)
-        else:
-            offset = torch.full_like(runs_carry, self.eval_offset)
+        offset = self.sequence_variants(runs_carry) if state is None else state["offset"]
         extra["digit_offset"] = offset[:, None].expand_as(extra["digit_runs"])
         return extra, {"runs": runs_carry, "offset": offset}
 
@@ -206,7 +192,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
             digit_offset = torch.zeros_like(digit_runs)
         longest = int(digit_runs.max()) if digit_runs.numel() else 0
         if longest > self.max_digits:
-            raise ValueError(
+            raise ConfigError(
                 f"Abacus got a number of {longest} digits, but max_digits={self.max_digits}; raise max_digits"
             )
         return self.table(abacus_indices(digit_runs, digit_offset)).float()

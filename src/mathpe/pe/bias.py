@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mathpe.pe.additive import require_int, sinusoidal_table
-from mathpe.pe.base import PositionalEncoding, float32_compute
+from mathpe.errors import ConfigError
+from mathpe.pe.additive import sinusoidal_table
+from mathpe.pe.base import PEShape, PositionalEncoding, float32_compute, require_int
 from mathpe.pe.registry import register
 
 
@@ -193,18 +194,14 @@ class ALiBi(BiasEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         learnable_slopes: bool = True,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
-        self.register_buffer("slopes", alibi_slopes(num_heads))
-        self.slope_scale = nn.Parameter(torch.ones(num_heads), requires_grad=learnable_slopes)
+        super().__init__(shape)
+        self.register_buffer("slopes", alibi_slopes(shape.num_heads))
+        self.slope_scale = nn.Parameter(torch.ones(shape.num_heads), requires_grad=learnable_slopes)
 
     def bias(
         self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
@@ -230,25 +227,21 @@ class T5Relative(BiasEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         num_buckets: int = 32,
         max_distance: int = 128,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
+        super().__init__(shape)
         require_int("num_buckets", num_buckets, minimum=2)
         if require_int("max_distance", max_distance) <= num_buckets // 2:
-            raise ValueError(
+            raise ConfigError(
                 f"max_distance must be > num_buckets // 2 = {num_buckets // 2}, got {max_distance!r}"
             )
         self.num_buckets = num_buckets
         self.max_distance = max_distance
-        self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
+        self.relative_attention_bias = nn.Embedding(num_buckets, shape.num_heads)
         nn.init.normal_(self.relative_attention_bias.weight, std=0.02)
 
     def bias(
@@ -293,29 +286,25 @@ class DIET(BiasEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         variant: str = "abs",
         rank: int | None = None,
         max_relative_distance: int = 128,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
+        super().__init__(shape)
         if variant not in self.VARIANTS:
-            raise ValueError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
+            raise ConfigError(f"variant must be one of {self.VARIANTS}, got {variant!r}")
         self.variant = variant
         if variant == "abs":
-            self.rank = head_dim if rank is None else require_int("rank", rank)
-            shape = (num_heads, hidden_size, self.rank)
-            self.query_weight = nn.Parameter(torch.randn(shape) * 0.02)
-            self.key_weight = nn.Parameter(torch.randn(shape) * 0.02)
+            self.rank = shape.head_dim if rank is None else require_int("rank", rank)
+            factor_shape = (shape.num_heads, shape.hidden_size, self.rank)
+            self.query_weight = nn.Parameter(torch.randn(factor_shape) * 0.02)
+            self.key_weight = nn.Parameter(torch.randn(factor_shape) * 0.02)
         else:
             self.max_relative_distance = require_int("max_relative_distance", max_relative_distance)
-            self.relative_bias = nn.Parameter(torch.zeros(2 * max_relative_distance + 1, num_heads))
+            self.relative_bias = nn.Parameter(torch.zeros(2 * max_relative_distance + 1, shape.num_heads))
 
     def bias(
         self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
@@ -323,8 +312,8 @@ class DIET(BiasEncoding):
         with float32_compute(query_positions.device):
             if self.variant == "abs":
                 return low_rank_position_bias(
-                    sinusoidal_table(query_positions, self.hidden_size),
-                    sinusoidal_table(key_positions, self.hidden_size),
+                    sinusoidal_table(query_positions, self.shape.hidden_size),
+                    sinusoidal_table(key_positions, self.shape.hidden_size),
                     self.query_weight.float(),
                     self.key_weight.float(),
                 )
@@ -360,24 +349,20 @@ class FIRE(BiasEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         mlp_width: int = 32,
         init_c: float = 0.1,
         init_L: float = 512.0,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
+        super().__init__(shape)
         if not init_c > 0:
-            raise ValueError(f"init_c must be > 0, got {init_c!r}")
+            raise ConfigError(f"init_c must be > 0, got {init_c!r}")
         if not init_L > 0:
-            raise ValueError(f"init_L must be > 0, got {init_L!r}")
+            raise ConfigError(f"init_L must be > 0, got {init_L!r}")
         self.mlp_in = nn.Linear(1, require_int("mlp_width", mlp_width))
-        self.mlp_out = nn.Linear(mlp_width, num_heads)
+        self.mlp_out = nn.Linear(mlp_width, shape.num_heads)
         self.c = nn.Parameter(torch.tensor(float(init_c)))
         self.init_L = float(init_L)
         self.L_multiplier = nn.Parameter(torch.tensor(1.0))
@@ -412,12 +397,12 @@ class KERPLE(BiasEncoding):
     #: Smallest initial value of r1 and r2 (the paper's clamp).
     min_init: ClassVar[float] = 0.01
 
-    def __init__(self, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
+    def __init__(self, shape: PEShape, /) -> None:
+        super().__init__(shape)
+        self.raw_r1 = nn.Parameter(
+            inverse_softplus((2 * torch.rand(shape.num_heads)).clamp(min=self.min_init))
         )
-        self.raw_r1 = nn.Parameter(inverse_softplus((2 * torch.rand(num_heads)).clamp(min=self.min_init)))
-        self.raw_r2 = nn.Parameter(inverse_softplus(torch.rand(num_heads).clamp(min=self.min_init)))
+        self.raw_r2 = nn.Parameter(inverse_softplus(torch.rand(shape.num_heads).clamp(min=self.min_init)))
 
     def rates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The positive per-head ``(r1, r2)``, each (heads,) float32."""

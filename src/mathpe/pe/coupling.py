@@ -30,10 +30,14 @@ Two registry entries, one per embedding the ids feed (one results row each):
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from mathpe.pe.additive import AdditiveEncoding, require_int
+from mathpe.errors import ConfigError
+from mathpe.pe.additive import AdditiveEncoding
+from mathpe.pe.base import PEShape, require_int
 from mathpe.pe.digits import DigitRunsMixin
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import RotaryEncoding, rope_inverse_frequencies, rotary_angles
@@ -60,34 +64,32 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
 
     Options:
         digit_token_ids: ids of the ten digit tokens (None: no token is a digit; every token gets ``start``).
-        max_digits: longest number (in digits) the table supports; longer ones raise a ValueError.
+        max_digits: longest number (in digits) the table supports; longer ones raise a ``ConfigError``.
         max_start: largest random start in training. Choose it so that ``max_start`` plus the longest
             training answer covers the longest test answer: every id below that is then trained.
-        eval_start: the start in eval mode, 0..max_start.
+        eval_start: the start in eval mode, 0..max_start; the starts are this PE's ``eval_variants``, so
+            evaluation can vote over several (``--eval_offsets``) as for ``abacus``.
     """
+
+    eval_variant_option: ClassVar[str] = "eval_start"
+    eval_variant_limit_option: ClassVar[str] = "max_start"
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         digit_token_ids: list[int] | None = None,
         max_digits: int = 64,
         max_start: int = 64,
         eval_start: int = 0,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
+        super().__init__(shape)
         self.init_digit_runs(digit_token_ids)
         self.max_digits = require_int("max_digits", max_digits)
         self.max_start = require_int("max_start", max_start, minimum=0)
-        if require_int("eval_start", eval_start, minimum=0) > self.max_start:
-            raise ValueError(f"eval_start must be in 0..max_start={self.max_start}, got {eval_start}")
-        self.eval_start = eval_start
-        self.table = nn.Embedding(max_start + max_digits + 1, hidden_size)
+        self.eval_start = self.check_eval_variant(eval_start)
+        self.table = nn.Embedding(max_start + max_digits + 1, shape.hidden_size)
         nn.init.normal_(self.table.weight, std=0.02)
 
     def prepare(
@@ -109,12 +111,7 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
             attention_mask=attention_mask,
             state=None if state is None else state["runs"],
         )
-        if state is not None:
-            start = state["start"]
-        elif self.training:
-            start = torch.randint(0, self.max_start + 1, runs_carry.shape, device=runs_carry.device)
-        else:
-            start = torch.full_like(runs_carry, self.eval_start)
+        start = self.sequence_variants(runs_carry) if state is None else state["start"]
         runs = extra["digit_runs"]
         return {"digit_runs": runs, "coupled_position_ids": coupled_position_ids(runs, start)}, {
             "runs": runs_carry,
@@ -143,7 +140,7 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
             coupled_position_ids = torch.full_like(position_ids, self.eval_start)
         largest = int(coupled_position_ids.max()) if coupled_position_ids.numel() else 0
         if largest >= self.table.num_embeddings:
-            raise ValueError(
+            raise ConfigError(
                 f"position_coupling got id {largest}, past its table of {self.table.num_embeddings} "
                 f"(max_start={self.max_start} + max_digits={self.max_digits} + 1); raise max_digits"
             )
@@ -165,23 +162,14 @@ class PositionCouplingRoPE(DigitRunsMixin, RotaryEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
         digit_token_ids: list[int] | None = None,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads,
-            head_dim=head_dim,
-            hidden_size=hidden_size,
-            max_position=max_position,
-            base=base,
-            rotary_fraction=rotary_fraction,
-        )
+        super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
         self.init_digit_runs(digit_token_ids)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))
 

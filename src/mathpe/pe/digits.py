@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 import torch
 
+from mathpe.errors import ConfigError
+
 
 def digit_lookup(vocab_size: int, digit_token_ids: Iterable[int]) -> torch.Tensor:
     """(vocab_size,) bool table, True at the ids of digit tokens (for ``is_digit = table[input_ids]``)."""
@@ -19,7 +21,7 @@ def digit_lookup(vocab_size: int, digit_token_ids: Iterable[int]) -> torch.Tenso
     ids = list(digit_token_ids)
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:
-        raise ValueError(f"digit_token_ids {bad} are outside the vocabulary 0..{vocab_size - 1}")
+        raise ConfigError(f"digit_token_ids {bad} are outside the vocabulary 0..{vocab_size - 1}")
     table[ids] = True
     return table
 

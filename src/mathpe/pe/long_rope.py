@@ -28,9 +28,12 @@ Choice of scaling (default ``"yarn"``):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
+from mathpe.errors import ConfigError
+from mathpe.pe.base import PEShape
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import (
     RotaryEncoding,
@@ -115,13 +118,14 @@ class LongSequenceRoPE(RotaryEncoding):
         attention_factor: YaRN's cos/sin multiplier; None for ``0.1 * ln(factor) + 1``. YaRN only.
     """
 
+    #: The scalings transformers also has (as ``rope_type``): a model's scaled RoPE swaps to this PE.
+    rope_types: ClassVar[tuple[str, ...]] = ("linear", "dynamic", "yarn")
+
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
         scaling: str = "yarn",
@@ -131,31 +135,26 @@ class LongSequenceRoPE(RotaryEncoding):
         beta_slow: float = 1.0,
         attention_factor: float | None = None,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads,
-            head_dim=head_dim,
-            hidden_size=hidden_size,
-            max_position=max_position,
-            base=base,
-            rotary_fraction=rotary_fraction,
-        )
+        super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
         if scaling not in SCALINGS:
-            raise ValueError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
+            raise ConfigError(f"scaling must be one of {', '.join(SCALINGS)}, got {scaling!r}")
         if not factor >= 1.0:
-            raise ValueError(f"factor must be >= 1, got {factor!r}")
+            raise ConfigError(f"factor must be >= 1, got {factor!r}")
         if scaling in ("ntk", "dynamic") and self.rotary_dim < 4:
-            raise ValueError(f"scaling={scaling!r} needs at least 4 rotary dims, got {self.rotary_dim}")
-        self.original_max_position = max_position if original_max_position is None else original_max_position
+            raise ConfigError(f"scaling={scaling!r} needs at least 4 rotary dims, got {self.rotary_dim}")
+        self.original_max_position = (
+            shape.max_position if original_max_position is None else original_max_position
+        )
         if not (isinstance(self.original_max_position, int) and self.original_max_position >= 1):
-            raise ValueError(
+            raise ConfigError(
                 f"original_max_position must be a positive integer, got {original_max_position!r}"
             )
         if not beta_fast > beta_slow > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"need beta_fast > beta_slow > 0, got beta_fast={beta_fast!r}, beta_slow={beta_slow!r}"
             )
         if attention_factor is not None and (scaling != "yarn" or not attention_factor > 0):
-            raise ValueError(
+            raise ConfigError(
                 f"attention_factor={attention_factor!r} needs scaling='yarn' and a value > 0 (got {scaling!r})"
             )
         self.scaling = scaling

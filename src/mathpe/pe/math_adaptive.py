@@ -56,7 +56,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mathpe.pe.base import float32_compute
+from mathpe.errors import ConfigError
+from mathpe.pe.base import PEShape, float32_compute
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import (
     RotaryEncoding,
@@ -136,27 +137,18 @@ class MathAdaptive(RotaryEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
         max_modulation: float = 0.5,
         contextual_positions: bool = True,
         modulation: bool = True,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads,
-            head_dim=head_dim,
-            hidden_size=hidden_size,
-            max_position=max_position,
-            base=base,
-            rotary_fraction=rotary_fraction,
-        )
+        super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
         if not 0.0 <= max_modulation < 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"max_modulation must be in [0, 1) so frequencies stay positive, got {max_modulation!r}"
             )
         self.max_modulation = float(max_modulation)
@@ -168,11 +160,11 @@ class MathAdaptive(RotaryEncoding):
         # Only the parts in use are parameters (no unused parameters for DDP); the names stay fixed.
         names = ["frequency_scale"]
         if self.modulation:
-            self.modulation_weight = nn.Parameter(torch.zeros(pairs, hidden_size))
+            self.modulation_weight = nn.Parameter(torch.zeros(pairs, shape.hidden_size))
             self.modulation_bias = nn.Parameter(torch.zeros(pairs))
             names += ["modulation_weight", "modulation_bias"]
         if self.contextual_positions:
-            self.gate_weight = nn.Parameter(torch.zeros(hidden_size))
+            self.gate_weight = nn.Parameter(torch.zeros(shape.hidden_size))
             self.gate_bias = nn.Parameter(torch.zeros(()))
             names += ["gate_weight", "gate_bias"]
         self.float32_parameters = tuple(names)

@@ -28,6 +28,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from mathpe.errors import ConfigError
+from mathpe.pe.base import PEShape
 from mathpe.pe.digits import DigitRunsMixin
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import (
@@ -44,7 +46,7 @@ def digit_pair_count(num_pairs: int, digit_fraction: float) -> int:
     digit component.
     """
     if not 0.0 < digit_fraction <= 1.0:
-        raise ValueError(f"digit_fraction must be in (0, 1], got {digit_fraction!r}")
+        raise ConfigError(f"digit_fraction must be in (0, 1], got {digit_fraction!r}")
     return max(1, int(num_pairs * digit_fraction))
 
 
@@ -86,24 +88,15 @@ class MathematicalRoPE(DigitRunsMixin, RotaryEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
         digit_token_ids: list[int] | None = None,
         digit_fraction: float = 0.25,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads,
-            head_dim=head_dim,
-            hidden_size=hidden_size,
-            max_position=max_position,
-            base=base,
-            rotary_fraction=rotary_fraction,
-        )
+        super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
         self.digit_pairs = digit_pair_count(self.rotary_dim // 2, digit_fraction)
         self.init_digit_runs(digit_token_ids)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))

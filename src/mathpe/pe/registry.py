@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from mathpe.errors import ConfigError
-from mathpe.pe.base import PositionalEncoding
+from mathpe.pe.base import PEShape, PositionalEncoding
 
 _REGISTRY: dict[str, type[PositionalEncoding]] = {}
-
-#: The eight methods mathpe was founded on, in the order tables list them.
-FOUNDING_PES = (
-    "rope",
-    "math_rope",
-    "long_rope",
-    "sinusoidal",
-    "t5_relative",
-    "diet",
-    "alibi",
-    "math_adaptive",
-)
-#: The baselines and literature methods, listed after the founding ones.
-BASELINE_PES = ("nope", "learned", "abacus", "fire", "kerple")
-_COMMON_ARGS = ("num_heads", "head_dim", "hidden_size", "max_position")
 
 PE = TypeVar("PE", bound=type[PositionalEncoding])
 
@@ -43,13 +27,12 @@ def register(name: str) -> Callable[[PE], PE]:
 
 
 def list_pes() -> list[str]:
-    """Registry names of every PE: the founding eight, the baselines, then any other registered method."""
-    order = [*FOUNDING_PES, *BASELINE_PES]
-    return sorted(_REGISTRY, key=lambda name: order.index(name) if name in order else len(order))
+    """Registry names of every PE, in alphabetical order (presets and reports choose their own order)."""
+    return sorted(_REGISTRY)
 
 
 def pe_class(name: str) -> type[PositionalEncoding]:
-    """The class registered as ``name``; a ValueError listing the known names otherwise."""
+    """The class registered as ``name``; a ``ConfigError`` listing the known names otherwise."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -57,29 +40,29 @@ def pe_class(name: str) -> type[PositionalEncoding]:
 
 
 def pe_options(name: str) -> dict[str, Any]:
-    """The method-specific options of PE ``name`` with their defaults."""
-    signature = inspect.signature(pe_class(name).__init__)
-    return {
-        param.name: param.default
-        for param in signature.parameters.values()
-        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.name not in _COMMON_ARGS
-    }
+    """The method-specific options of PE ``name`` with their defaults: its constructor's keyword-only arguments
+    (the ``PEShape`` comes first, positional-only)."""
+    return pe_class(name).option_defaults()
 
 
-def build_pe(
-    name: str, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int, **options: Any
-) -> PositionalEncoding:
-    """Build the PE registered as ``name``.
-
-    Raises:
-        ValueError: unknown ``name``, or an option the method does not take (the message lists the allowed
-            ones), or an option value out of range.
-    """
+def check_pe_options(name: str, options: dict[str, Any]) -> None:
+    """Raise a ``ConfigError`` for an unknown PE ``name`` or an option it does not take (listing the allowed)."""
     allowed = pe_options(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
         raise ConfigError(f"unknown option(s) {unknown} for PE {name!r}; allowed: {listed}")
-    return pe_class(name)(
-        num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position, **options
-    )
+
+
+def build_pe(name: str, shape: PEShape, **options: Any) -> PositionalEncoding:
+    """Build the PE registered as ``name`` for a model of ``shape``.
+
+    Raises:
+        ConfigError: unknown ``name``, or an option the method does not take (the message lists the allowed
+            ones), or an option value out of range.
+    """
+    check_pe_options(name, options)
+    try:
+        return pe_class(name)(shape, **options)
+    except ConfigError as error:  # an option value out of range: name the PE it was given to
+        raise ConfigError(f"PE {name!r}: {error}") from None

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 import torch
 
-from mathpe.pe.base import PositionalEncoding, float32_compute
+from mathpe.errors import ConfigError
+from mathpe.pe.base import PEShape, PositionalEncoding, float32_compute
 from mathpe.pe.registry import register
 
 
@@ -60,7 +61,7 @@ def rope_inverse_frequencies(rotary_dim: int, base: float | torch.Tensor) -> tor
 def check_base(base: float) -> float:
     """The frequency base, validated: it must exceed 1 so that frequencies decrease along the head."""
     if not base > 1.0:
-        raise ValueError(f"base must be > 1, got {base!r}")
+        raise ConfigError(f"base must be > 1, got {base!r}")
     return float(base)
 
 
@@ -72,10 +73,10 @@ def rotary_angles(positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tens
 def rotary_dim_for(head_dim: int, rotary_fraction: float) -> int:
     """Number of rotated dims for a partial-rotary fraction (GPT-NeoX: ``int(head_dim * fraction)``)."""
     if not 0.0 < rotary_fraction <= 1.0:
-        raise ValueError(f"rotary_fraction must be in (0, 1], got {rotary_fraction!r}")
+        raise ConfigError(f"rotary_fraction must be in (0, 1], got {rotary_fraction!r}")
     rotary_dim = int(head_dim * rotary_fraction)
     if rotary_dim < 2 or rotary_dim % 2:
-        raise ValueError(
+        raise ConfigError(
             f"rotary_fraction={rotary_fraction!r} of head_dim={head_dim} gives {rotary_dim} rotary dims; "
             "it must be an even number >= 2"
         )
@@ -95,18 +96,14 @@ class RotaryEncoding(PositionalEncoding):
 
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         base: float,
         rotary_fraction: float,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position
-        )
-        self.rotary_dim = rotary_dim_for(head_dim, rotary_fraction)
+        super().__init__(shape)
+        self.rotary_dim = rotary_dim_for(shape.head_dim, rotary_fraction)
         self.base = check_base(base)
         self.attention_scaling = 1.0
 
@@ -144,22 +141,15 @@ class RoPE(RotaryEncoding):
         rotary_fraction: fraction of each head's dims that rotate (GPT-NeoX ``rotary_pct``); the rest pass.
     """
 
+    rope_types: ClassVar[tuple[str, ...]] = ("default",)
+
     def __init__(
         self,
+        shape: PEShape,
+        /,
         *,
-        num_heads: int,
-        head_dim: int,
-        hidden_size: int,
-        max_position: int,
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
     ) -> None:
-        super().__init__(
-            num_heads=num_heads,
-            head_dim=head_dim,
-            hidden_size=hidden_size,
-            max_position=max_position,
-            base=base,
-            rotary_fraction=rotary_fraction,
-        )
+        super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))

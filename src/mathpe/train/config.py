@@ -16,7 +16,7 @@ from mathpe.eval.tasks import ArithmeticSettings, list_tasks
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes, pe_class, pe_options
 
-#: PEs are tested at up to this multiple of the model's context length (all but ``learned``).
+#: PEs are tested at up to this multiple of the model's context length (or their own ``position_limit``).
 MAX_LENGTH_MULTIPLE = 8
 
 #: The settings ``--resume`` may change: the training budget, the checkpoint and logging cadence, speed,
@@ -192,32 +192,34 @@ class RunConfig:
         return self
 
     def check_eval_offsets(self) -> None:
-        """Raise ``ConfigError`` unless ``eval_offsets`` is empty or fits the PE (abacus, within max_offset)."""
+        """Raise ``ConfigError`` unless ``eval_offsets`` is empty or names eval variants of the PE (``abacus``'s
+        offsets 0..max_offset: ``PositionalEncoding.eval_variants``)."""
         if not self.eval_offsets:
             return
-        defaults = pe_options(self.pe)
-        if "eval_offset" not in defaults:
+        variants = pe_class(self.pe).eval_variants(self.pe_options)
+        if not variants:
+            with_variants = [name for name in list_pes() if pe_class(name).eval_variants({})]
             raise ConfigError(
-                f"--eval_offsets needs a PE trained with a random offset (abacus), not {self.pe!r}"
+                f"--eval_offsets needs a PE trained with a random offset (one with eval-time variants: "
+                f"{', '.join(with_variants)}), not {self.pe!r}"
             )
-        limit = self.pe_options.get("max_offset", defaults["max_offset"])
-        bad = [value for value in self.eval_offsets if not 0 <= value <= limit]
+        bad = [value for value in self.eval_offsets if value not in variants]
         if bad:
-            raise ConfigError(f"--eval_offsets {bad} outside 0..{limit} (the PE's max_offset)")
+            limit = pe_class(self.pe).eval_variant_limit_option
+            raise ConfigError(f"--eval_offsets {bad} outside 0..{variants.stop - 1} (the PE's {limit})")
 
     def check_max_length(self, context_length: int) -> None:
         """Raise ``ConfigError`` when ``max_length`` exceeds what the model's PE supports."""
         if self.max_length is None:
             return
-        table = pe_class(self.pe).__name__
-        limit = context_length if self.pe == "learned" else MAX_LENGTH_MULTIPLE * context_length
-        if self.max_length > limit:
-            why = (
-                f"PE {self.pe!r} ({table}) has a table of {context_length} positions"
-                if self.pe == "learned"
-                else f"mathpe supports up to {MAX_LENGTH_MULTIPLE}x the model's {context_length}-token context"
-            )
-            raise ConfigError(f"--max_length {self.max_length} is beyond what the model supports: {why}")
+        limit = pe_class(self.pe).position_limit(context_length)
+        if limit is not None and self.max_length > limit:
+            why = f"PE {self.pe!r} supports {limit} positions with a {context_length}-token context"
+        elif self.max_length > MAX_LENGTH_MULTIPLE * context_length:
+            why = f"mathpe supports up to {MAX_LENGTH_MULTIPLE}x the model's {context_length}-token context"
+        else:
+            return
+        raise ConfigError(f"--max_length {self.max_length} is beyond what the model supports: {why}")
 
 
 def differing_settings(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:

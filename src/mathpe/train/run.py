@@ -23,7 +23,6 @@ import platform
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from transformers import (
 
 import mathpe
 from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
-from mathpe.errors import ConfigError, DataError, MathPEError, error_summary
+from mathpe.errors import ConfigError, DataError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.report import (
     length_curves,
@@ -90,15 +89,13 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
         torch.set_num_threads(config.threads)
     set_seed(config.seed)
     run_dir = config.run_dir
-    with model_settings_errors(config):
-        tokenizer = build_tokenizer(config)
+    tokenizer = build_tokenizer(config)
     tasks = build_tasks(config)
     identity = identity_settings(config, tasks)
     main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, before Trainer starts
     if main_process:
         claim_run_dir(config, identity)
-    with model_settings_errors(config):
-        model = build_model(config, tokenizer)
+    model = build_model(config, tokenizer)
     if main_process:
         write_json(run_dir / "config.json", {**run_settings(config, tokenizer, model), **identity})
 
@@ -221,26 +218,6 @@ def source_revision() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):  # no git
         return {"commit": None, "clean": None}
     return {"commit": commit, "clean": not modified}
-
-
-@contextlib.contextmanager
-def model_settings_errors(config: RunConfig) -> Iterator[None]:
-    """Turn a rejection of the user's model or PE settings into a one-line ``ConfigError``.
-
-    The PE classes (an option value out of range), transformers' loaders and ``mathpe.hf.load_model`` (an
-    unreadable model or tokenizer, an unsupported architecture) raise ``ValueError`` / ``OSError``; inside
-    this block their only input is the user's ``--model_size``, ``--pe`` and ``--pe_options``, so the
-    message names those.
-    """
-    try:
-        yield
-    except MathPEError:
-        raise
-    except (ValueError, OSError) as error:
-        raise ConfigError(
-            f"--model_size {config.model_size!r} --pe {config.pe!r} --pe_options "
-            f"'{json.dumps(config.pe_options)}': {error_summary(error)}"
-        ) from error
 
 
 def evaluate_checkpoint(
@@ -478,7 +455,7 @@ def evaluate_and_report(
         "seed": config.seed,
     }
     if config.eval_offsets:
-        settings["abacus offset vote"] = ",".join(map(str, config.eval_offsets))
+        settings["eval offset vote"] = ",".join(map(str, config.eval_offsets))
     write_text(run_dir / "report.md", run_report(f"mathpe run: {config.experiment_name}", settings, metrics))
     curves = {name: length_curves(m) for name, m in metrics.items() if length_curves(m)}
     if curves:

@@ -8,6 +8,7 @@ from typing import Any
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mathpe.data.tokenizer import ArithmeticTokenizer, digit_options, digit_token_ids
+from mathpe.errors import ModelLoadError
 from mathpe.model import MathPEForCausalLM, preset_config
 from mathpe.train.config import RunConfig
 
@@ -26,7 +27,10 @@ def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
         if config.arithmetic_only:
             return ArithmeticTokenizer(padding_side="left", index_hints=config.arithmetic.index_hints)
         return ByT5Tokenizer(padding_side="left")
-    tokenizer = AutoTokenizer.from_pretrained(config.model_size, padding_side="left")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.model_size, padding_side="left")
+    except (OSError, ValueError) as error:  # transformers' errors for a missing or unreadable model
+        raise ModelLoadError.from_error(config.model_size, error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
