@@ -7,7 +7,7 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
-from mathpe.pe.registry import pe_class, pe_options
+from mathpe.pe.registry import check_pe_options, pe_class
 from mathpe.remote_code import RemoteCodeConfig
 
 
@@ -59,11 +59,7 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
     def validate_architecture(self) -> None:
         """Check the PE name and options and the head split (a one-line ValueError each)."""
         pe_class(self.pe)
-        unknown = sorted(set(self.pe_options or {}) - set(pe_options(self.pe)))
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {unknown} for PE {self.pe!r}; allowed: {sorted(pe_options(self.pe))}"
-            )
+        check_pe_options(self.pe, self.pe_options or {})
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
 

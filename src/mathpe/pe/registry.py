@@ -66,6 +66,15 @@ def pe_options(name: str) -> dict[str, Any]:
     }
 
 
+def check_pe_options(name: str, options: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` (a ValueError) naming the options PE ``name`` does not take, and those it does."""
+    allowed = pe_options(name)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
+        raise ConfigError(f"unknown option(s) {unknown} for PE {name!r}; allowed: {listed}")
+
+
 def build_pe(
     name: str, *, num_heads: int, head_dim: int, hidden_size: int, max_position: int, **options: Any
 ) -> PositionalEncoding:
@@ -75,11 +84,7 @@ def build_pe(
         ValueError: unknown ``name``, or an option the method does not take (the message lists the allowed
             ones), or an option value out of range.
     """
-    allowed = pe_options(name)
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        listed = ", ".join(f"{key}={value!r}" for key, value in allowed.items()) or "none"
-        raise ConfigError(f"unknown option(s) {unknown} for PE {name!r}; allowed: {listed}")
+    check_pe_options(name, options)
     return pe_class(name)(
         num_heads=num_heads, head_dim=head_dim, hidden_size=hidden_size, max_position=max_position, **options
     )
