@@ -64,6 +64,8 @@ NON_DEFAULT: dict[str, tuple[Any, list[str]]] = {
 EXCLUDES = {"bf16": "fp16", "overwrite": "resume", "select_best": "use_lora"}
 #: What a flag needs besides itself to make a valid config.
 NEEDS = {"pe_options": ["--pe", "abacus"], "eval_offsets": ["--pe", "abacus"]}
+#: A run that ends in seconds, should a check below let it start.
+SMALL_RUN = ["--train_samples", "8", "--max_steps", "1", "--eval_samples", "1", "--threads", "1", "--quiet"]
 ARITHMETIC = {field.name for field in dataclasses.fields(ArithmeticSettings)}
 
 
@@ -179,7 +181,7 @@ def test_an_fp16_config_loads_without_cuda_but_a_run_refuses_it(tmp_path, monkey
     assert RunConfig.load(path) == config  # mathpe eval reads it on a CPU machine
     with pytest.raises(ConfigError, match="--fp16 needs a CUDA GPU"):
         config.check_environment()
-    assert main(["train", "--fp16", "--output_dir", str(tmp_path / "run"), "--quiet"]) == 2
+    assert main(["train", "--fp16", *SMALL_RUN, "--output_dir", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.strip() == (
         "mathpe: error: --fp16 needs a CUDA GPU (none is visible); use --bf16 or fp32 on CPU"
     )
@@ -196,7 +198,7 @@ def test_environment_checks_wait_for_the_run(tmp_path):
 
 def test_compare_checks_the_environment_before_any_run(tmp_path, capsys):
     code = main(["compare", "--pe", "rope,alibi", "--data_dir", str(tmp_path / "gone"), "--datasets", "gsm8k",
-                 "--output_dir", str(tmp_path / "cmp"), "--quiet"])  # fmt: skip
+                 *SMALL_RUN, "--jobs", "1", "--output_dir", str(tmp_path / "cmp")])  # fmt: skip
     assert code == 2
     assert "is not a directory" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
