@@ -61,10 +61,6 @@ def json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def flag_name(field: dataclasses.Field) -> str:
-    return field.metadata.get("flag", field.name)
-
-
 def add_dataclass_arguments(
     parser: argparse.ArgumentParser,
     cls: type,
@@ -90,13 +86,13 @@ def add_dataclass_arguments(
             groups[section] = parser.add_argument_group(section)
         target = parser if section is None else groups[section]
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flag = field.metadata.get("flag", field.name)
         options: dict[str, Any] = {"dest": field.name, "help": field.metadata.get("help")}
         if hints[field.name] is bool:
-            switch = f"--no_{flag_name(field)}" if default else f"--{flag_name(field)}"
+            switch = f"--no_{flag}" if default else f"--{flag}"
             target.add_argument(switch, action="store_false" if default else "store_true", **options)
         else:  # a ``parse`` field's text is converted by ``dataclass_from_args``: one-line ConfigErrors
             kind = str if "parse" in field.metadata else _scalar_type(hints[field.name])
-            flag = flag_name(field)
             target.add_argument(f"--{flag}", type=kind, default=default, metavar=flag.upper(), **options)
 
 
@@ -114,7 +110,7 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, **values: Any) -> A
             try:
                 value = field.metadata["parse"](value)
             except argparse.ArgumentTypeError as error:
-                raise ConfigError(f"--{flag_name(field)} {error}") from None
+                raise ConfigError(f"--{field.metadata.get('flag', field.name)} {error}") from None
         values[field.name] = value
     return cls(**values)
 
