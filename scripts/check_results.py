@@ -22,7 +22,6 @@ Exit status 0 when the numbers agree, 1 when they do not.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -78,13 +77,16 @@ def main() -> int:
     row = comparison["pes"][args.pe]
     seed_index = row["seeds"].index(args.seed)
     with tempfile.TemporaryDirectory() as scratch:
-        config = dataclasses.replace(
-            RunConfig.from_dict(comparison["settings"]),
-            pe=args.pe,
-            seed=args.seed,
-            threads=threads,
-            output_dir=str(args.output_dir or Path(scratch) / "run"),
-            overwrite=True,
+        config = RunConfig.from_dict(
+            {
+                **comparison["settings"],  # its pe and seed are None: a comparison has several
+                "pe": args.pe,
+                "seed": args.seed,
+                "threads": threads,
+                "output_dir": str(args.output_dir or Path(scratch) / "run"),
+                "resume": False,
+                "overwrite": True,
+            }
         )
         torch.set_num_threads(threads)
         current_environment = comparison_environment(threads, 1, sys.argv)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -19,214 +18,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mathpe.cli.arguments import add_dataclass_arguments, comma_list, dataclass_from_args, int_list
 from mathpe.errors import MathPEError, error_summary
-from mathpe.eval.tasks import DATASETS, ArithmeticSettings
-from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes
 from mathpe.train.compare import COMPARE_PRESETS
+from mathpe.train.config import EVAL_OFFSETS_HELP, RunConfig
 
 EXIT_USAGE = 2
-EVAL_OFFSETS_HELP = (
-    "abacus: answer by majority over greedy generations at these eval offsets, e.g. 0,10,20,30,40,50,60,70,80"
-)
 
 
-def comma_list(text: str) -> tuple[str, ...]:
-    return tuple(item.strip() for item in text.split(",") if item.strip())
+def add_run_arguments(parser: argparse.ArgumentParser, *, skip: frozenset[str] = frozenset()) -> None:
+    """A flag for every ``RunConfig`` field but ``skip`` (the founding flags of ``scripts/train_and_eval.py``
+    among them), and ``--quiet``."""
+    add_dataclass_arguments(parser, RunConfig, skip=skip)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def digit_range(text: str) -> tuple[int, int]:
-    """``"1-8"`` -> (1, 8); ``"1"`` -> (1, 1)."""
-    low, _, high = text.partition("-")
-    try:
-        low, high = int(low), int(high or low)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a digit range like 1-8, got {text!r}") from None
-    return low, high
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """``"1-16,20,24"`` -> (1, 2, ..., 16, 20, 24)."""
-    values: list[int] = []
-    for part in comma_list(text):
-        low, _, high = part.partition("-")
-        try:
-            values += range(int(low), int(high or low) + 1)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected integers like 1-16,20,24, got {text!r}") from None
-    return tuple(values)
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The founding flags of ``scripts/train_and_eval.py`` and the rest of a run's settings."""
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model_size",
-        default="tiny",
-        help=f"a preset of mathpe's decoder ({', '.join(PRESETS)}; trained from scratch) or a transformers "
-        "model id / local path (loaded pretrained, its PE swapped to --pe)",
-    )
-    model.add_argument(
-        "--pe_options",
-        default="{}",
-        help="JSON object of PE options, e.g. '{\"base\": 500000}' (see mathpe verify)",
-    )
-    model.add_argument(
-        "--use_lora", action="store_true", help="train LoRA adapters (PEFT) and the PE's parameters"
-    )
-    model.add_argument("--lora_r", type=int, default=8)
-    model.add_argument("--gradient_checkpointing", action="store_true")
-    precision = model.add_mutually_exclusive_group()
-    precision.add_argument("--fp16", action="store_true", help="fp16 mixed precision (CUDA only)")
-    precision.add_argument("--bf16", action="store_true", help="bf16 mixed precision")
-
-    data = parser.add_argument_group("data")
-    data.add_argument(
-        "--datasets", type=comma_list, default=("addition",), help=f"comma list of: {', '.join(DATASETS)}"
-    )
-    data.add_argument(
-        "--data_dir", default=None, help="folder with gsm8k/ and math/ JSONL files (default $MATHPE_DATA)"
-    )
-    data.add_argument(
-        "--max_length", type=int, default=None, help="truncate training sequences to this many tokens"
-    )
-    data.add_argument(
-        "--train_samples", type=int, default=20_000, help="training examples per dataset (at most)"
-    )
-    data.add_argument(
-        "--eval_samples", type=int, default=None, help="evaluation items (per length for arithmetic)"
-    )
-    data.add_argument(
-        "--train_digits", type=digit_range, default=(1, 8), help="arithmetic operand digits, e.g. 1-8"
-    )
-    data.add_argument(
-        "--second_digits",
-        type=digit_range,
-        default=None,
-        help="the second operand's digits when they differ from --train_digits, e.g. 1 (n-digit x 1-digit)",
-    )
-    data.add_argument(
-        "--eval_lengths",
-        type=int_list,
-        default=tuple(range(1, 17)),
-        help="arithmetic eval lengths, e.g. 1-16,20",
-    )
-    data.add_argument(
-        "--format", choices=("reversed", "plain"), default="reversed", help="arithmetic answer format"
-    )
-    data.add_argument(
-        "--index_hints",
-        action="store_true",
-        help="arithmetic: a hint letter of its significance before every digit (a3b2c1+a5b4=a8b6c1)",
-    )
-    data.add_argument(
-        "--zero_pad",
-        action="store_true",
-        help="arithmetic: operands zero-padded to the longer one's length, the answer to its longest possible length",
-    )
-
-    training = parser.add_argument_group("training")
-    training.add_argument("--batch_size", type=int, default=32)
-    training.add_argument("--max_steps", type=int, default=None)
-    training.add_argument("--epochs", type=float, default=1.0)
-    training.add_argument(
-        "--learning_rate", type=float, default=None, help="default 1e-3 from scratch, 2e-4 pretrained"
-    )
-    training.add_argument(
-        "--warmup_steps", type=int, default=50, help="linear warm-up steps (at most a tenth of --max_steps)"
-    )
-    training.add_argument(
-        "--curriculum_steps",
-        type=int,
-        default=0,
-        help="arithmetic: admit operand lengths one by one over this many steps, shortest first (0: off)",
-    )
-    training.add_argument(
-        "--randomized_positions",
-        type=int,
-        default=None,
-        help="decoder presets: train on sorted random positions below this bound (Ruoss et al. 2023), e.g. 256",
-    )
-    training.add_argument("--seed", type=int, default=0)
-    training.add_argument("--time_budget", type=float, default=None, help="seconds of training per run")
-    training.add_argument("--save_steps", type=int, default=200)
-    training.add_argument("--logging_steps", type=int, default=10)
-    training.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    training.add_argument("--eval_batch_size", type=int, default=64)
-    training.add_argument("--eval_offsets", type=int_list, default=(), help=EVAL_OFFSETS_HELP)
-    training.add_argument(
-        "--select_best",
-        action="store_true",
-        help="also evaluate the checkpoint with the lowest in-distribution validation loss (arithmetic)",
-    )
-
-    output = parser.add_argument_group("output")
-    output.add_argument("--experiment_name", default="mathpe")
-    output.add_argument("--output_dir", default=None, help="default runs/<experiment_name>")
-    output.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in the output folder from its newest intact checkpoint (same settings)",
-    )
-    output.add_argument(
-        "--overwrite", action="store_true", help="delete the run already in the output folder, then start"
-    )
-    output.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def run_config_from(args: argparse.Namespace, pe: str) -> Any:
-    from mathpe.errors import ConfigError
-    from mathpe.train.config import RunConfig
-
-    try:
-        pe_options = json.loads(args.pe_options)
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"--pe_options is not valid JSON ({error.msg}): {args.pe_options!r}") from None
-    if not isinstance(pe_options, dict):
-        raise ConfigError(f"--pe_options must be a JSON object, got {args.pe_options!r}")
-    return RunConfig(
-        pe=pe,
-        pe_options=pe_options,
-        model_size=args.model_size,
-        datasets=args.datasets,
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        use_lora=args.use_lora,
-        lora_r=args.lora_r,
-        gradient_checkpointing=args.gradient_checkpointing,
-        fp16=args.fp16,
-        bf16=args.bf16,
-        max_steps=args.max_steps,
-        epochs=args.epochs,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        warmup_steps=args.warmup_steps,
-        curriculum_steps=args.curriculum_steps,
-        randomized_positions=args.randomized_positions,
-        train_samples=args.train_samples,
-        eval_samples=args.eval_samples,
-        eval_batch_size=args.eval_batch_size,
-        eval_offsets=args.eval_offsets,
-        experiment_name=args.experiment_name,
-        output_dir=args.output_dir,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        time_budget=args.time_budget,
-        save_steps=args.save_steps,
-        logging_steps=args.logging_steps,
-        threads=args.threads,
-        select_best=args.select_best,
-        arithmetic=ArithmeticSettings(
-            train_digits=args.train_digits,
-            second_digits=args.second_digits,
-            eval_lengths=args.eval_lengths,
-            fmt="plain" if args.format == "plain" else "reversed",
-            reverse_operands=args.format == "reversed",
-            index_hints=args.index_hints,
-            zero_pad=args.zero_pad,
-        ),
-    ).validate()
+def run_config_from(args: argparse.Namespace, pe: str) -> RunConfig:
+    """The ``RunConfig`` of the parsed run flags, for PE ``pe``."""
+    return dataclass_from_args(RunConfig, args, pe=pe)
 
 
 def command_train(args: argparse.Namespace) -> int:
@@ -350,7 +160,6 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one PE and evaluate it")
-    train.add_argument("--pe", default="rope", help=f"one of: {', '.join(list_pes())}")
     add_run_arguments(train)
     train.set_defaults(handler=command_train)
 
@@ -370,7 +179,7 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     compare.add_argument("--preset", default=None, help="a named recipe (see README), e.g. addition-length")
     compare.add_argument("--seeds", type=lambda text: tuple(int(s) for s in comma_list(text)), default=None)
     compare.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
-    add_run_arguments(compare)
+    add_run_arguments(compare, skip=frozenset({"pe"}))
     compare.set_defaults(handler=command_compare, **(compare_defaults or {}))
 
     from transformers import HfArgumentParser

@@ -42,6 +42,12 @@ MAX_REJECTIONS = 10_000
 INDEX_HINTS = string.ascii_lowercase + string.ascii_uppercase
 
 
+def check_digit_range(label: str, low: int, high: int, bounds: tuple[str, str] = ("min", "max")) -> None:
+    """Raise ``ConfigError`` (a ValueError) ``"<label> must satisfy 1 <= min <= max"`` unless ``1 <= low <= high``."""
+    if not 1 <= low <= high:
+        raise ConfigError(f"{label} must satisfy 1 <= {bounds[0]} <= {bounds[1]}")
+
+
 @dataclass(frozen=True)
 class ArithmeticTask:
     """What to generate: the operation, the operand digit range and the text format.
@@ -68,12 +74,14 @@ class ArithmeticTask:
             raise ValueError(f"op={self.op!r} is not one of {sorted(OPERATION_SYMBOLS)}")
         if self.fmt not in ANSWER_FORMATS:
             raise ValueError(f"fmt={self.fmt!r} is not one of {list(ANSWER_FORMATS)}")
-        if not 1 <= self.min_digits <= self.max_digits:
-            raise ValueError(
-                f"digit range [{self.min_digits}, {self.max_digits}] must satisfy 1 <= min_digits <= max_digits"
-            )
-        if self.second_digits is not None and not 1 <= self.second_digits[0] <= self.second_digits[1]:
-            raise ValueError(f"second_digits={self.second_digits} must satisfy 1 <= min <= max")
+        check_digit_range(
+            f"digit range [{self.min_digits}, {self.max_digits}]",
+            self.min_digits,
+            self.max_digits,
+            bounds=("min_digits", "max_digits"),
+        )
+        if self.second_digits is not None:
+            check_digit_range(f"second_digits={self.second_digits}", *self.second_digits)
 
     @property
     def symbol(self) -> str:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mathpe.cli.arguments import digit_range, int_list
 from mathpe.errors import ConfigError
 
 
@@ -71,14 +72,44 @@ class ArithmeticSettings:
     graded on the digits alone.
     """
 
-    train_digits: tuple[int, int] = (1, 8)
-    second_digits: tuple[int, int] | None = None
-    eval_lengths: tuple[int, ...] = tuple(range(1, 17))
-    fmt: str = "reversed"
-    reverse_operands: bool = True
-    zero_pad: bool = False
-    eval_per_length: int = 100
-    index_hints: bool = False
+    train_digits: tuple[int, int] = field(
+        default=(1, 8), metadata={"parse": digit_range, "help": "arithmetic operand digits, e.g. 1-8"}
+    )
+    second_digits: tuple[int, int] | None = field(
+        default=None,
+        metadata={
+            "parse": digit_range,
+            "help": "the second operand's digits when they differ from --train_digits, e.g. 1 (n-digit x 1-digit)",
+        },
+    )
+    eval_lengths: tuple[int, ...] = field(
+        default=tuple(range(1, 17)),
+        metadata={"parse": int_list, "help": "arithmetic eval lengths, e.g. 1-16,20"},
+    )
+    fmt: str = field(
+        default="reversed",
+        metadata={"flag": "format", "help": "arithmetic answer format: reversed (default) or plain"},
+    )
+    reverse_operands: bool = field(
+        default=True,
+        metadata={"help": "arithmetic, reversed format: operands in reading order, only the answer reversed"},
+    )
+    zero_pad: bool = field(
+        default=False,
+        metadata={
+            "help": "arithmetic: operands zero-padded to the longer one's length, the answer to its longest "
+            "possible length"
+        },
+    )
+    eval_per_length: int = field(
+        default=100, metadata={"help": "arithmetic: evaluation items per length without --eval_samples"}
+    )
+    index_hints: bool = field(
+        default=False,
+        metadata={
+            "help": "arithmetic: a hint letter of its significance before every digit (a3b2c1+a5b4=a8b6c1)"
+        },
+    )
 
 
 @dataclass(frozen=True)

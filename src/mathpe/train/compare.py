@@ -122,6 +122,8 @@ def run_comparison(
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+    for config in configs:  # before any run starts, not in each worker
+        config.check_environment()
     runs = [
         dataclasses.replace(
             config,

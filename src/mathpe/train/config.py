@@ -6,18 +6,26 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import torch
 
+from mathpe.cli.arguments import comma_list, int_list, json_object
+from mathpe.data.arithmetic import ANSWER_FORMATS, check_digit_range
 from mathpe.errors import ConfigError
 from mathpe.eval.task_families.arithmetic import ARITHMETIC_OPS
 from mathpe.eval.tasks import ArithmeticSettings, list_tasks
 from mathpe.model.configuration import PRESETS
-from mathpe.pe import list_pes, pe_class, pe_options
+from mathpe.pe import list_pes, pe_class
+from mathpe.pe.registry import check_pe_options
 
 #: PEs are tested at up to this multiple of the model's context length (or their own ``position_limit``).
 MAX_LENGTH_MULTIPLE = 8
+
+#: ``--eval_offsets``' help, for ``mathpe train`` and ``mathpe eval``.
+EVAL_OFFSETS_HELP = (
+    "abacus: answer by majority over greedy generations at these eval offsets, e.g. 0,10,20,30,40,50,60,70,80"
+)
 
 #: The settings ``--resume`` may change: the training budget, the checkpoint and logging cadence, speed,
 #: evaluation batch size and where the run folder and data are. Every other ``RunConfig`` field identifies
@@ -43,42 +51,140 @@ RESUMABLE_SETTINGS: frozenset[str] = frozenset(
 
 @dataclass
 class RunConfig:
-    """One training + evaluation run. ``model_size`` is a preset or a transformers model id / path."""
+    """One training + evaluation run. ``model_size`` is a preset or a transformers model id / path.
 
-    pe: str = "rope"
-    pe_options: dict[str, Any] = field(default_factory=dict)
-    model_size: str = "tiny"
-    datasets: tuple[str, ...] = ("addition",)
-    data_dir: str | None = None
-    batch_size: int = 32
-    max_length: int | None = None
-    use_lora: bool = False
-    lora_r: int = 8
-    lora_alpha: int = 16
-    gradient_checkpointing: bool = False
-    fp16: bool = False
-    bf16: bool = False
-    max_steps: int | None = None
-    epochs: float = 1.0
-    learning_rate: float | None = None
-    warmup_steps: int = 50
-    curriculum_steps: int = 0
-    seed: int = 0
-    train_samples: int = 20_000
-    eval_samples: int | None = None
-    eval_batch_size: int = 64
-    eval_offsets: tuple[int, ...] = ()
-    experiment_name: str = "mathpe"
-    output_dir: str | None = None
-    resume: bool = False
-    overwrite: bool = False
-    time_budget: float | None = None
-    save_steps: int = 200
-    logging_steps: int = 10
-    threads: int | None = None
-    randomized_positions: int | None = None
-    select_best: bool = False
-    arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings)
+    The only definition of a run's settings: ``mathpe train`` and ``compare`` make a flag of every field
+    (``mathpe.cli.arguments``: its default, ``metadata["help"]``, and ``metadata["parse"]`` for text that is not
+    a plain number or string), config.json holds ``to_dict()`` and ``load`` reads it back. Construction checks
+    that the settings fit together (``validate``); ``check_environment`` checks what the machine must
+    provide, where a run starts.
+    """
+
+    pe: str = field(default="rope", metadata={"group": "model", "help": f"one of: {', '.join(list_pes())}"})
+    pe_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "group": "model",
+            "parse": json_object,
+            "help": "JSON object of PE options, e.g. '{\"base\": 500000}' (see mathpe verify)",
+        },
+    )
+    model_size: str = field(
+        default="tiny",
+        metadata={
+            "group": "model",
+            "help": f"a preset of mathpe's decoder ({', '.join(PRESETS)}; trained from scratch) or a "
+            "transformers model id / local path (loaded pretrained, its PE swapped to --pe)",
+        },
+    )
+    use_lora: bool = field(
+        default=False,
+        metadata={"group": "model", "help": "train LoRA adapters (PEFT) and the PE's parameters"},
+    )
+    lora_r: int = field(default=8, metadata={"group": "model", "help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"group": "model", "help": "LoRA scaling alpha"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"group": "model", "help": "recompute activations in the backward pass"}
+    )
+    fp16: bool = field(default=False, metadata={"group": "model", "help": "fp16 mixed precision (CUDA only)"})
+    bf16: bool = field(default=False, metadata={"group": "model", "help": "bf16 mixed precision"})
+    datasets: tuple[str, ...] = field(
+        default=("addition",),
+        metadata={"group": "data", "parse": comma_list, "help": f"comma list of: {', '.join(list_tasks())}"},
+    )
+    data_dir: str | None = field(
+        default=None,
+        metadata={"group": "data", "help": "folder with gsm8k/ and math/ JSONL files (default $MATHPE_DATA)"},
+    )
+    max_length: int | None = field(
+        default=None, metadata={"group": "data", "help": "truncate training sequences to this many tokens"}
+    )
+    train_samples: int = field(
+        default=20_000, metadata={"group": "data", "help": "training examples per dataset (at most)"}
+    )
+    eval_samples: int | None = field(
+        default=None, metadata={"group": "data", "help": "evaluation items (per length for arithmetic)"}
+    )
+    arithmetic: ArithmeticSettings = field(default_factory=ArithmeticSettings, metadata={"group": "data"})
+    batch_size: int = field(default=32, metadata={"group": "training", "help": "training examples per step"})
+    max_steps: int | None = field(
+        default=None, metadata={"group": "training", "help": "optimizer steps (default: --epochs)"}
+    )
+    epochs: float = field(
+        default=1.0, metadata={"group": "training", "help": "passes over the training data"}
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"group": "training", "help": "default 1e-3 from scratch, 2e-4 pretrained"}
+    )
+    warmup_steps: int = field(
+        default=50,
+        metadata={"group": "training", "help": "linear warm-up steps (at most a tenth of --max_steps)"},
+    )
+    curriculum_steps: int = field(
+        default=0,
+        metadata={
+            "group": "training",
+            "help": "arithmetic: admit operand lengths one by one over this many steps, shortest first (0: off)",
+        },
+    )
+    randomized_positions: int | None = field(
+        default=None,
+        metadata={
+            "group": "training",
+            "help": "decoder presets: train on sorted random positions below this bound (Ruoss et al. 2023), "
+            "e.g. 256",
+        },
+    )
+    seed: int = field(default=0, metadata={"group": "training", "help": "seed of initialisation and data"})
+    time_budget: float | None = field(
+        default=None, metadata={"group": "training", "help": "seconds of training per run"}
+    )
+    save_steps: int = field(
+        default=200, metadata={"group": "training", "help": "checkpoint every this many steps"}
+    )
+    logging_steps: int = field(
+        default=10, metadata={"group": "training", "help": "log every this many steps"}
+    )
+    threads: int | None = field(
+        default=None, metadata={"group": "training", "help": "torch threads (default: torch's choice)"}
+    )
+    eval_batch_size: int = field(
+        default=64, metadata={"group": "training", "help": "prompts per generation batch"}
+    )
+    eval_offsets: tuple[int, ...] = field(
+        default=(), metadata={"group": "training", "parse": int_list, "help": EVAL_OFFSETS_HELP}
+    )
+    select_best: bool = field(
+        default=False,
+        metadata={
+            "group": "training",
+            "help": "also evaluate the checkpoint with the lowest in-distribution validation loss (arithmetic)",
+        },
+    )
+    experiment_name: str = field(
+        default="mathpe", metadata={"group": "output", "help": "the run folder's name under runs/"}
+    )
+    output_dir: str | None = field(
+        default=None, metadata={"group": "output", "help": "default runs/<experiment_name>"}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "group": "output",
+            "help": "continue the run in the output folder from its newest intact checkpoint (same settings)",
+        },
+    )
+    overwrite: bool = field(
+        default=False,
+        metadata={"group": "output", "help": "delete the run already in the output folder, then start"},
+    )
+
+    def __post_init__(self) -> None:
+        # ``reverse_operands`` only means something in the reversed format; plain runs record False, as the
+        # ``--format`` flag always did.
+        if self.arithmetic.fmt == "plain" and self.arithmetic.reverse_operands:
+            self.arithmetic = dataclasses.replace(self.arithmetic, reverse_operands=False)
+        self.validate()
 
     @property
     def is_preset(self) -> bool:
@@ -105,43 +211,38 @@ class RunConfig:
     @classmethod
     def from_dict(cls, settings: dict[str, Any]) -> RunConfig:
         """The config ``to_dict`` wrote to JSON (config.json, comparison.json); other keys are ignored."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in settings.items() if key in names}
-        values["arithmetic"] = ArithmeticSettings(
-            **{
-                key: tuple(value) if isinstance(value, list) else value
-                for key, value in values.get("arithmetic", {}).items()
-            }
-        )
-        for name in ("datasets", "eval_offsets"):
-            if name in values:
-                values[name] = tuple(values[name])
-        return cls(**values)
+        return _from_json(cls, settings)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """The config a run folder's config.json holds."""
+        return cls.from_dict(read_config_json(Path(path)))
 
     def validate(self) -> RunConfig:
-        """Raise ``ConfigError`` naming the first bad setting; return self when all are fine."""
-        if self.pe not in list_pes():
-            raise ConfigError(f"unknown PE {self.pe!r}; choose one of: {', '.join(list_pes())}")
-        unknown = sorted(set(self.pe_options) - set(pe_options(self.pe)))
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {unknown} for PE {self.pe!r}; allowed: {sorted(pe_options(self.pe))}"
-            )
+        """Raise ``ConfigError`` naming the first setting that is out of range or contradicts another.
+
+        Called on construction; nothing here depends on the machine (see ``check_environment``).
+        """
+        check_pe_options(self.pe, self.pe_options)  # an unknown PE too
         bad = [name for name in self.datasets if name not in list_tasks()]
         if bad or not self.datasets:
             raise ConfigError(f"unknown dataset(s) {bad or '(none)'}; choose from: {', '.join(list_tasks())}")
-        for name in (
-            "batch_size",
-            "eval_batch_size",
-            "train_samples",
-            "save_steps",
-            "logging_steps",
-            "lora_r",
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_samples", "max_length", "threads", "randomized_positions"):
-            value = getattr(self, name)
+        counts = {  # None: not set (the optional ones)
+            "batch_size": self.batch_size,
+            "eval_batch_size": self.eval_batch_size,
+            "train_samples": self.train_samples,
+            "save_steps": self.save_steps,
+            "logging_steps": self.logging_steps,
+            "lora_r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+            "eval_per_length": self.arithmetic.eval_per_length,
+            "max_steps": self.max_steps,
+            "eval_samples": self.eval_samples,
+            "max_length": self.max_length,
+            "threads": self.threads,
+            "randomized_positions": self.randomized_positions,
+        }
+        for name, value in counts.items():
             if value is not None and value < 1:
                 raise ConfigError(f"--{name} must be a positive integer, got {value}")
         if self.epochs <= 0:
@@ -166,30 +267,33 @@ class RunConfig:
             raise ConfigError("--resume and --overwrite exclude each other: continue the run or replace it")
         if self.fp16 and self.bf16:
             raise ConfigError("--fp16 and --bf16 exclude each other; choose one")
-        if self.fp16 and not torch.cuda.is_available():
-            raise ConfigError("--fp16 needs a CUDA GPU (none is visible); use --bf16 or fp32 on CPU")
-        if self.data_dir is not None and not Path(self.data_dir).is_dir():
-            raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
         if self.randomized_positions is not None and not self.is_preset:
             raise ConfigError(
                 f"--randomized_positions needs mathpe's decoder (--model_size {', '.join(PRESETS)}), "
                 f"not {self.model_size!r}"
             )
+        if self.select_best and (self.use_lora or not self.arithmetic_only):
+            raise ConfigError("--select_best needs arithmetic datasets and full fine-tuning (no --use_lora)")
+        for name in ("train_digits", "second_digits"):
+            digits = getattr(self.arithmetic, name)
+            if digits is not None:
+                check_digit_range(f"--{name} {digits[0]}-{digits[1]}", *digits)
+        if self.arithmetic.fmt not in ANSWER_FORMATS:
+            raise ConfigError(f"--format {self.arithmetic.fmt!r} is not one of: {', '.join(ANSWER_FORMATS)}")
+        return self
+
+    def check_environment(self) -> None:
+        """Raise ``ConfigError`` when this machine cannot start the run: fp16 without CUDA, a missing data
+        folder or model directory. Called where a run starts, so a saved config loads anywhere."""
+        if self.fp16 and not torch.cuda.is_available():
+            raise ConfigError("--fp16 needs a CUDA GPU (none is visible); use --bf16 or fp32 on CPU")
+        if self.data_dir is not None and not Path(self.data_dir).is_dir():
+            raise ConfigError(f"--data_dir {self.data_dir!r} is not a directory")
         if not self.is_preset and _looks_like_path(self.model_size) and not Path(self.model_size).is_dir():
             raise ConfigError(
                 f"--model_size {self.model_size!r} is neither a preset ({', '.join(PRESETS)}) nor a readable "
                 "model directory"
             )
-        if self.select_best and (self.use_lora or not self.arithmetic_only):
-            raise ConfigError("--select_best needs arithmetic datasets and full fine-tuning (no --use_lora)")
-        low, high = self.arithmetic.train_digits
-        if not 1 <= low <= high:
-            raise ConfigError(f"train digits {low}-{high} must satisfy 1 <= min <= max")
-        if self.arithmetic.second_digits is not None:
-            low, high = self.arithmetic.second_digits
-            if not 1 <= low <= high:
-                raise ConfigError(f"--second_digits {low}-{high} must satisfy 1 <= min <= max")
-        return self
 
     def check_eval_offsets(self) -> None:
         """Raise ``ConfigError`` unless ``eval_offsets`` is empty or names eval variants of the PE (``abacus``'s
@@ -222,6 +326,16 @@ class RunConfig:
         raise ConfigError(f"--max_length {self.max_length} is beyond what the model supports: {why}")
 
 
+def read_config_json(path: Path) -> dict[str, Any]:
+    """The settings a run folder's config.json holds; a one-line ``ConfigError`` if it is missing or unreadable."""
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: {path.parent} is not a mathpe run folder")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: unreadable ({type(error).__name__})") from None
+
+
 def differing_settings(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
     """``"name: saved -> requested"`` for each identity setting (not in ``RESUMABLE_SETTINGS``) that differs.
 
@@ -237,6 +351,23 @@ def differing_settings(saved: dict[str, Any], requested: dict[str, Any]) -> list
         elif saved[name] != value:
             differences.append(f"{name}: {saved[name]!r} -> {value!r}")
     return differences
+
+
+def _from_json(cls: type, settings: dict[str, Any]) -> Any:
+    """Dataclass ``cls`` from its ``dataclasses.asdict`` read back from JSON: lists become the tuples the
+    fields hold, dicts of nested dataclass fields their dataclass; keys that are not fields are ignored."""
+    hints = get_type_hints(cls)
+    values = {}
+    for item in dataclasses.fields(cls):
+        if item.name not in settings:
+            continue
+        kind, value = hints[item.name], settings[item.name]
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            value = _from_json(kind, value)
+        elif isinstance(value, list) and tuple in {get_origin(arm) for arm in (kind, *get_args(kind))}:
+            value = tuple(value)
+        values[item.name] = value
+    return cls(**values)
 
 
 def _looks_like_path(name: str) -> bool:

@@ -14,7 +14,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from mathpe.data.tokenizer import ArithmeticTokenizer
 from mathpe.errors import ConfigError
 from mathpe.eval.tasks import build_task
-from mathpe.train.config import RunConfig
+from mathpe.train.config import RunConfig, read_config_json
 from mathpe.train.run import evaluate_and_report, evaluate_checkpoint
 from mathpe.train.setup import load_saved_model
 
@@ -23,10 +23,7 @@ logger = logging.getLogger(__name__)
 
 def load_run_config(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     """The ``RunConfig`` a run was made with, and the raw config.json."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: {run_dir} is not a mathpe run folder")
-    raw = json.loads(path.read_text())
+    raw = read_config_json(run_dir / "config.json")
     return RunConfig.from_dict(raw), raw
 
 
@@ -55,7 +52,6 @@ def evaluate_saved_run(
         data_dir=data_dir or config.data_dir,
         eval_offsets=config.eval_offsets if eval_offsets is None else eval_offsets,
     )
-    config.check_eval_offsets()
     if config.threads:
         torch.set_num_threads(config.threads)
     model_dir = run_dir / "model"

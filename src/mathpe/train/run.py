@@ -51,7 +51,7 @@ from mathpe.eval.report import (
     write_text,
 )
 from mathpe.eval.tasks import Task, build_task
-from mathpe.train.config import RunConfig, differing_settings
+from mathpe.train.config import RunConfig, differing_settings, read_config_json
 from mathpe.train.setup import apply_lora, build_model, build_tokenizer, load_saved_model, resolved_pe_options
 from mathpe.train.trainer import (
     MathPETrainer,
@@ -82,7 +82,7 @@ class RunResult:
 
 def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
     """Train ``config.pe`` on ``config.datasets``, evaluate by generation and write the run folder."""
-    config.validate()
+    config.check_environment()
     if not progress:
         transformers.utils.logging.disable_progress_bar()
     if config.threads:
@@ -176,12 +176,7 @@ def claim_run_dir(config: RunConfig, identity: dict[str, Any]) -> None:
     path = run_dir / "config.json"
     if not path.is_file():  # checkpoints without settings (a run from before config.json): nothing to compare
         return
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"{path}: unreadable ({type(error).__name__}); cannot check --resume's settings"
-        ) from None
+    saved = read_config_json(path)
     differences = differing_settings(saved, identity)
     if differences:
         raise ConfigError(
