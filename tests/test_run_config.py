@@ -133,7 +133,7 @@ def test_a_config_round_trips_through_config_json(tmp_path):
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"pe": "bogus"}, "unknown PE 'bogus'; choose one of: rope"),
+        ({"pe": "bogus"}, "unknown PE 'bogus'; choose one of: abacus, alibi, "),
         ({"pe": "alibi", "pe_options": {"base": 3}}, "unknown option(s) ['base'] for PE 'alibi'; allowed: "),
         ({"datasets": ()}, "unknown dataset(s) (none)"),
         ({"batch_size": 0}, "--batch_size must be a positive integer, got 0"),
