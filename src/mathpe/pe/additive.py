@@ -85,8 +85,61 @@ def abacus_indices(digit_runs: torch.Tensor, offset: torch.Tensor) -> torch.Tens
     return digit_runs + offset
 
 
+class DigitPlaceTable(DigitRunsMixin, AdditiveEncoding):
+    """Base of the learned tables indexed by digit place plus a per-sequence variant (``abacus``'s offset,
+    ``position_coupling``'s start): random over the ``eval_variants`` in training, the eval option in eval.
+
+    A subclass declares its options in ``__init__`` (``eval_variant_option`` and ``eval_variant_limit_option``
+    name two of them), calls ``init_place_table`` and turns digit runs and variants into its ``embed``
+    inputs in ``place_inputs``. ``prepare`` draws the variant at a sequence's first forward and carries it,
+    with the open digit run, under ``variant_state_key`` for the rest of a cached generation.
+    """
+
+    variant_state_key: ClassVar[str]
+
+    def init_place_table(self, digit_token_ids: list[int] | None, max_digits: int, max_variant: int) -> None:
+        """Digit lookup, ``max_digits`` and the ``max_digits + max_variant + 1``-row table, init normal std 0.02."""
+        self.init_digit_runs(digit_token_ids)
+        self.max_digits = require_int("max_digits", max_digits)
+        limit = self.eval_variant_limit_option
+        setattr(self, limit, require_int(limit, max_variant, minimum=0))
+        self.table = nn.Embedding(max_digits + max_variant + 1, self.shape.hidden_size)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def place_inputs(self, digit_runs: torch.Tensor, variants: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(batch, seq) digit runs and (batch,) variants -> the keyword inputs of ``embed``."""
+        raise NotImplementedError
+
+    def prepare(
+        self,
+        *,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``place_inputs`` (each (batch, seq)); the state carries the open digit run and the variant."""
+        extra, runs_carry = super().prepare(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            state=None if state is None else state["runs"],
+        )
+        key = self.variant_state_key
+        variants = self.sequence_variants(runs_carry) if state is None else state[key]
+        return self.place_inputs(extra["digit_runs"], variants), {"runs": runs_carry, key: variants}
+
+    def token_states(
+        self, extra: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Run length and variant after each token, both (batch, seq)."""
+        runs = extra["digit_runs"]
+        key = self.variant_state_key
+        return {"runs": runs, key: state[key].unsqueeze(1).expand_as(runs)}
+
+
 @register("abacus")
-class Abacus(DigitRunsMixin, AdditiveEncoding):
+class Abacus(DigitPlaceTable):
     """Abacus embeddings (McLeish et al. 2024, "Transformers Can Do Arithmetic with the Right Embeddings").
 
     Every digit gets a learned embedding of its place within its number (1 for the first digit, 2 for the
@@ -121,6 +174,7 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
 
     eval_variant_option: ClassVar[str] = "eval_offset"
     eval_variant_limit_option: ClassVar[str] = "max_offset"
+    variant_state_key: ClassVar[str] = "offset"
 
     def __init__(
         self,
@@ -133,12 +187,8 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
         eval_offset: int = 0,
     ) -> None:
         super().__init__(shape)
-        self.init_digit_runs(digit_token_ids)
-        self.max_digits = require_int("max_digits", max_digits)
-        self.max_offset = require_int("max_offset", max_offset, minimum=0)
+        self.init_place_table(digit_token_ids, max_digits, max_offset)
         self.eval_offset = eval_offset
-        self.table = nn.Embedding(max_digits + max_offset + 1, shape.hidden_size)
-        nn.init.normal_(self.table.weight, std=0.02)
 
     @property
     def eval_offset(self) -> int:
@@ -148,30 +198,9 @@ class Abacus(DigitRunsMixin, AdditiveEncoding):
     def eval_offset(self, value: int) -> None:
         self._eval_offset = self.check_eval_variant(value)
 
-    def prepare(
-        self,
-        *,
-        input_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        state: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``digit_runs`` and ``digit_offset``, both (batch, seq); the state carries the open run and the offset."""
-        extra, runs_carry = super().prepare(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            state=None if state is None else state["runs"],
-        )
-        offset = self.sequence_variants(runs_carry) if state is None else state["offset"]
-        extra["digit_offset"] = offset[:, None].expand_as(extra["digit_runs"])
-        return extra, {"runs": runs_carry, "offset": offset}
-
-    def token_states(
-        self, extra: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Run length and offset after each token, both (batch, seq)."""
-        return {"runs": extra["digit_runs"], "offset": extra["digit_offset"]}
+    def place_inputs(self, digit_runs: torch.Tensor, variants: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``digit_runs`` and ``digit_offset`` (the sequence's offset at every token), both (batch, seq)."""
+        return {"digit_runs": digit_runs, "digit_offset": variants[:, None].expand_as(digit_runs)}
 
     def embed(
         self,

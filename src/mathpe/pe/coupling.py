@@ -33,11 +33,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from torch import nn
 
 from mathpe.errors import ConfigError
-from mathpe.pe.additive import AdditiveEncoding
-from mathpe.pe.base import PEShape, require_int
+from mathpe.pe.additive import DigitPlaceTable
+from mathpe.pe.base import PEShape
 from mathpe.pe.digits import DigitRunsMixin
 from mathpe.pe.registry import register
 from mathpe.pe.rotary import RotaryEncoding, rope_inverse_frequencies, rotary_angles
@@ -59,7 +58,7 @@ def coupled_position_ids(digit_runs: torch.Tensor, start: torch.Tensor | int = 0
 
 
 @register("position_coupling")
-class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
+class PositionCoupling(DigitPlaceTable):
     """Position coupling over learned absolute embeddings (design in the module docstring).
 
     Options:
@@ -73,6 +72,7 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
 
     eval_variant_option: ClassVar[str] = "eval_start"
     eval_variant_limit_option: ClassVar[str] = "max_start"
+    variant_state_key: ClassVar[str] = "start"
 
     def __init__(
         self,
@@ -85,45 +85,12 @@ class PositionCoupling(DigitRunsMixin, AdditiveEncoding):
         eval_start: int = 0,
     ) -> None:
         super().__init__(shape)
-        self.init_digit_runs(digit_token_ids)
-        self.max_digits = require_int("max_digits", max_digits)
-        self.max_start = require_int("max_start", max_start, minimum=0)
+        self.init_place_table(digit_token_ids, max_digits, max_start)
         self.eval_start = self.check_eval_variant(eval_start)
-        self.table = nn.Embedding(max_start + max_digits + 1, shape.hidden_size)
-        nn.init.normal_(self.table.weight, std=0.02)
 
-    def prepare(
-        self,
-        *,
-        input_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
-        attention_mask: torch.Tensor | None,
-        state: dict[str, torch.Tensor] | None = None,
-    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """``coupled_position_ids`` (batch, seq); the state carries the open digit run and the start.
-
-        The start is drawn once per sequence (uniform in 0..max_start in training, ``eval_start`` in eval)
-        at its first forward and kept for the rest of a cached generation.
-        """
-        extra, runs_carry = super().prepare(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            state=None if state is None else state["runs"],
-        )
-        start = self.sequence_variants(runs_carry) if state is None else state["start"]
-        runs = extra["digit_runs"]
-        return {"digit_runs": runs, "coupled_position_ids": coupled_position_ids(runs, start)}, {
-            "runs": runs_carry,
-            "start": start,
-        }
-
-    def token_states(
-        self, extra: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
-    ) -> dict[str, torch.Tensor]:
-        """Run length and start after each token, both (batch, seq)."""
-        runs = extra["digit_runs"]
-        return {"runs": runs, "start": state["start"].unsqueeze(1).expand_as(runs)}
+    def place_inputs(self, digit_runs: torch.Tensor, variants: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``digit_runs`` and ``coupled_position_ids`` (batch, seq); the start is the sequence's variant."""
+        return {"digit_runs": digit_runs, "coupled_position_ids": coupled_position_ids(digit_runs, variants)}
 
     def embed(
         self,

@@ -23,7 +23,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import transformers
@@ -135,37 +135,45 @@ class BlockDataset(torch.utils.data.Dataset):
         return {"input_ids": self.blocks[index], "labels": self.blocks[index]}
 
 
+class BlockTrainingSettings(Protocol):
+    """Settings of block training and held-out scoring (``PretrainConfig`` and ``SwapStudyConfig`` have them)."""
+
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    eval_steps: int
+    eval_tokens: int
+    seed: int
+
+
 def block_lm_trainer(
     model: torch.nn.Module,
+    settings: BlockTrainingSettings,
     *,
     output_dir: Path,
     train_blocks: torch.Tensor,
     eval_blocks: torch.Tensor,
-    batch_size: int,
     max_steps: int,
-    learning_rate: float,
-    warmup_steps: int,
-    eval_steps: int,
-    seed: int,
     progress: bool,
     **arguments: Any,
 ) -> MathPETrainer:
     """A trainer for causal-LM training on packed blocks (batch, context), cosine schedule, held-out loss
-    every ``eval_steps``; ``arguments`` set the other ``TrainingArguments`` (saving, weight decay, betas)."""
+    every ``settings.eval_steps``; ``arguments`` set the other ``TrainingArguments`` (saving, weight decay,
+    betas)."""
     trainer = MathPETrainer(
         model=model,
         args=TrainingArguments(
             output_dir=str(output_dir),
-            per_device_train_batch_size=batch_size,
-            per_device_eval_batch_size=batch_size,
+            per_device_train_batch_size=settings.batch_size,
+            per_device_eval_batch_size=settings.batch_size,
             max_steps=max_steps,
-            learning_rate=learning_rate,
+            learning_rate=settings.learning_rate,
             lr_scheduler_type="cosine",
-            warmup_steps=warmup_steps,
+            warmup_steps=settings.warmup_steps,
             max_grad_norm=1.0,
-            seed=seed,
+            seed=settings.seed,
             eval_strategy="steps",
-            eval_steps=eval_steps,
+            eval_steps=settings.eval_steps,
             report_to=[],
             disable_tqdm=not progress,
             use_cpu=not torch.cuda.is_available(),
@@ -180,6 +188,23 @@ def block_lm_trainer(
     if not progress:
         trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def context_perplexities(
+    model: torch.nn.Module, held_out: torch.Tensor, context: int, settings: BlockTrainingSettings
+) -> dict[str, float]:
+    """Perplexity on the first ``settings.eval_tokens`` of ``held_out`` (tokens,) at each multiple of
+    ``context`` in ``CONTEXT_MULTIPLES``, keyed by the length as a string."""
+    return {
+        str(context * multiple): perplexity(
+            model,
+            held_out,
+            context * multiple,
+            max_tokens=settings.eval_tokens,
+            batch_size=settings.batch_size,
+        )
+        for multiple in CONTEXT_MULTIPLES
+    }
 
 
 def _tokenizer(config: PretrainConfig, documents: list[str]) -> PreTrainedTokenizerFast:
@@ -214,15 +239,11 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
 
     trainer = block_lm_trainer(
         model,
+        config,
         output_dir=run_dir,
         train_blocks=train_blocks,
         eval_blocks=eval_blocks,
-        batch_size=config.batch_size,
         max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        eval_steps=config.eval_steps,
-        seed=config.seed,
         progress=progress,
         weight_decay=0.1,
         adam_beta1=0.9,
@@ -252,16 +273,7 @@ def pretrain(config: PretrainConfig, *, progress: bool = True) -> dict[str, Any]
         "heldout_ppl_curve": [
             [entry["step"], math.exp(entry["eval_loss"])] for entry in history if "eval_loss" in entry
         ],
-        "ppl": {
-            str(config.context * multiple): perplexity(
-                model,
-                held_out,
-                config.context * multiple,
-                max_tokens=config.eval_tokens,
-                batch_size=config.batch_size,
-            )
-            for multiple in CONTEXT_MULTIPLES
-        },
+        "ppl": context_perplexities(model, held_out, config.context, config),
         "versions": {
             "mathpe": mathpe.__version__,
             "torch": torch.__version__,

@@ -35,11 +35,10 @@ from mathpe.data.corpus import math_documents, pack_blocks, token_stream
 from mathpe.data.tokenizer import digit_options, digit_token_ids
 from mathpe.errors import ConfigError, DataError
 from mathpe.eval.evaluate import evaluate_task
-from mathpe.eval.perplexity import perplexity
 from mathpe.eval.report import markdown_table, write_json, write_text
 from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.pe import list_pes
-from mathpe.train.pretrain import CONTEXT_MULTIPLES, block_lm_trainer
+from mathpe.train.pretrain import CONTEXT_MULTIPLES, block_lm_trainer, context_perplexities
 from mathpe.train.setup import pe_parameters
 
 #: The founding eight PEs and NoPE.
@@ -148,22 +147,6 @@ def load_swapped(config: SwapStudyConfig, pe: str, tokenizer: PreTrainedTokenize
     return load_model(config.base, pe=pe, dtype=torch.float32, **options)
 
 
-def context_perplexities(
-    model: PreTrainedModel, data: StudyData, config: SwapStudyConfig
-) -> dict[str, float]:
-    """Held-out perplexity at 1x/2x/4x the base's context, keyed by the context length as a string."""
-    return {
-        str(data.context * multiple): perplexity(
-            model,
-            data.held_out,
-            data.context * multiple,
-            max_tokens=config.eval_tokens,
-            batch_size=config.batch_size,
-        )
-        for multiple in CONTEXT_MULTIPLES
-    }
-
-
 def generation_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: SwapStudyConfig
 ) -> dict[str, float]:
@@ -223,15 +206,11 @@ def adapt(
     eval_blocks = pack_blocks(data.held_out[: config.eval_tokens], data.context)
     trainer = block_lm_trainer(
         model,
+        config,
         output_dir=cell_dir,
         train_blocks=data.train_blocks,
         eval_blocks=eval_blocks,
-        batch_size=config.batch_size,
         max_steps=config.adapt_steps,
-        learning_rate=config.learning_rate,
-        warmup_steps=config.warmup_steps,
-        eval_steps=config.eval_steps,
-        seed=config.seed,
         progress=False,
         weight_decay=0.0,
         save_strategy="no",
@@ -259,7 +238,7 @@ def run_cell(
     model = model.merge_and_unload()
     return {
         "ppl_swapped": swapped_ppl,
-        "ppl_adapted": context_perplexities(model, data, config),
+        "ppl_adapted": context_perplexities(model, data.held_out, data.context, config),
         "adapt_tokens": config.adapt_steps * config.batch_size * data.context,
         "trainable_parameters": trainable,
         "seconds": round(seconds, 1),
@@ -285,7 +264,7 @@ def run_swap_study(config: SwapStudyConfig) -> dict[str, Any]:
         "params": base_model.num_parameters(),
         "pretrain_tokens": config.pretrain_tokens or _pretrain_tokens(config.base),
         "context": data.context,
-        "ppl": context_perplexities(base_model, data, config),
+        "ppl": context_perplexities(base_model, data.held_out, data.context, config),
         "generation": generation_scores(base_model, data.tokenizer, config),
     }
     del base_model
@@ -298,7 +277,9 @@ def run_swap_study(config: SwapStudyConfig) -> dict[str, Any]:
                 cell = json.loads(cell_file.read_text())
             else:
                 if swapped_ppl is None:
-                    swapped_ppl = context_perplexities(load_swapped(config, pe, data.tokenizer), data, config)
+                    swapped_ppl = context_perplexities(
+                        load_swapped(config, pe, data.tokenizer), data.held_out, data.context, config
+                    )
                 cell = run_cell(config, data, pe, regime, swapped_ppl)
                 write_json(cell_file, cell)
             pes.setdefault(pe, {})[regime] = cell
