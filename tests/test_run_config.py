@@ -55,6 +55,8 @@ NON_DEFAULT: dict[str, tuple[Any, list[str]]] = {
     "eval_batch_size": (16, ["--eval_batch_size", "16"]),
     "eval_offsets": ((0, 10, 20), ["--eval_offsets", "0,10,20"]),
     "select_best": (True, ["--select_best"]),
+    "probe_steps": (50, ["--probe_steps", "50"]),
+    "probe_items": (64, ["--probe_items", "64"]),
     "experiment_name": ("other", ["--experiment_name", "other"]),
     "output_dir": ("runs/elsewhere", ["--output_dir", "runs/elsewhere"]),
     "resume": (True, ["--resume"]),
@@ -147,6 +149,9 @@ def test_a_config_round_trips_through_config_json(tmp_path):
         ({"arithmetic": ArithmeticSettings(second_digits=(0, 1))}, "--second_digits 0-1 must satisfy"),
         ({"arithmetic": ArithmeticSettings(fmt="backwards")}, "--format 'backwards' is not one of"),
         ({"arithmetic": ArithmeticSettings(eval_per_length=0)}, "--eval_per_length must be a positive"),
+        ({"probe_steps": 0}, "--probe_steps must be a positive integer, got 0"),
+        ({"probe_items": 513}, "--probe_items 513 is more than the 512 held-out problems per dataset"),
+        ({"probe_steps": 10, "datasets": ("gsm8k",)}, "--probe_steps needs arithmetic datasets only"),
     ],
 )
 def test_construction_rejects_a_bad_setting(settings, message):

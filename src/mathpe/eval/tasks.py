@@ -9,6 +9,7 @@ in ``mathpe.pe``: adding a dataset is adding a module there (or registering a bu
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,12 @@ class Task:
     validation_pairs: list[tuple[str, str]] = field(default_factory=list)
     train_levels: list[int] = field(default_factory=list)
     train_source: str = ""
+
+    def on_validation_pairs(self, limit: int) -> Task:
+        """This task with its first ``limit`` validation pairs as its evaluation items, graded against their
+        targets (an arithmetic target is its reference) in one group, ``"validation"``; no length split."""
+        items = [EvalItem(prompt, target, "validation") for prompt, target in self.validation_pairs[:limit]]
+        return dataclasses.replace(self, eval_items=items, train_groups=frozenset())
 
 
 @dataclass(frozen=True)

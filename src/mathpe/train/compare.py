@@ -284,10 +284,11 @@ def write_comparison(
     ``environment``: ``comparison_environment``, stored in comparison.json and summed up in comparison.md.
     """
     datasets = configs[0].datasets
+    probed = configs[0].probe_steps is not None
     by_pe: dict[str, list[dict[str, Any]]] = {}
     for summary in summaries:
         by_pe.setdefault(summary["pe"], []).append(summary)
-    rows, curves = {}, {}
+    rows, curves, probe_cells = {}, {}, {}
     for pe, results in by_pe.items():
         ok = [r for r in results if "error" not in r]
         rows[pe] = {
@@ -305,6 +306,15 @@ def write_comparison(
         train_seconds = [r["train"]["train_seconds"] for r in ok]
         rows[pe]["train_seconds_mean"] = statistics.fmean(train_seconds) if train_seconds else None
         rows[pe]["steps_mean"] = statistics.fmean(r["train"]["steps"] for r in ok) if ok else None
+        probe_cells[pe] = []  # comparison.md's "steps to 95%" cell, with --probe_steps
+        if probed:  # aligned with "seeds"; None: never reached 95% (or the run failed)
+            rows[pe]["steps_to_95"] = [r.get("train", {}).get("steps_to_95") for r in results]
+            probe_cells[pe] = [
+                ", ".join(
+                    "failed" if "error" in r else "never" if step is None else str(step)
+                    for r, step in zip(results, rows[pe]["steps_to_95"], strict=True)
+                )
+            ]
 
     select_best = any(s.get("best") for s in summaries)
     header = ["PE"]
@@ -317,8 +327,11 @@ def write_comparison(
         ]
         if select_best:
             header += ["best ckpt: in-dist (%)", "best ckpt: longer (%)"]
-    header += ["steps", "train s"]
-    table = markdown_table(header, [_table_row(pe, rows[pe], datasets, select_best) for pe in by_pe])
+    header += ["steps", "train s"] + ["steps to 95% (per seed)"] * probed
+    table = markdown_table(
+        header,
+        [_table_row(pe, rows[pe], datasets, select_best) + probe_cells[pe] for pe in by_pe],
+    )
     seeds = sorted({s["seed"] for s in summaries})
     read_back = sum(bool(s.get("read_back")) for s in summaries)
     note = (
@@ -329,6 +342,12 @@ def write_comparison(
         + (
             "; 'best ckpt' is the checkpoint with the lowest in-distribution validation loss"
             if select_best
+            else ""
+        )
+        + (
+            f"; 'steps to 95%' is the first step of a probe every {configs[0].probe_steps} steps with >= 95% "
+            f"exact match on {configs[0].probe_items} held-out in-distribution problems ('never': not reached)"
+            if probed
             else ""
         )
         + ".\n"

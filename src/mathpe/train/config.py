@@ -13,7 +13,7 @@ import torch
 from mathpe.cli.arguments import comma_list, int_list, json_object
 from mathpe.data.arithmetic import ANSWER_FORMATS, check_digit_range
 from mathpe.errors import ConfigError
-from mathpe.eval.task_families.arithmetic import ARITHMETIC_OPS
+from mathpe.eval.task_families.arithmetic import ARITHMETIC_OPS, VALIDATION_SAMPLES
 from mathpe.eval.tasks import ArithmeticSettings, list_tasks
 from mathpe.model.configuration import PRESETS
 from mathpe.pe import list_pes, pe_class
@@ -161,6 +161,21 @@ class RunConfig:
             "help": "also evaluate the checkpoint with the lowest in-distribution validation loss (arithmetic)",
         },
     )
+    probe_steps: int | None = field(
+        default=None,
+        metadata={
+            "group": "training",
+            "help": "arithmetic: every this many steps and at the last, greedy exact match on --probe_items "
+            "held-out in-distribution problems per dataset; metrics.json's probe_history and steps_to_95",
+        },
+    )
+    probe_items: int = field(
+        default=200,
+        metadata={
+            "group": "training",
+            "help": f"held-out problems per dataset that --probe_steps scores (at most {VALIDATION_SAMPLES})",
+        },
+    )
     experiment_name: str = field(
         default="mathpe", metadata={"group": "output", "help": "the run folder's name under runs/"}
     )
@@ -241,6 +256,8 @@ class RunConfig:
             "max_length": self.max_length,
             "threads": self.threads,
             "randomized_positions": self.randomized_positions,
+            "probe_steps": self.probe_steps,
+            "probe_items": self.probe_items,
         }
         for name, value in counts.items():
             if value is not None and value < 1:
@@ -274,6 +291,16 @@ class RunConfig:
             )
         if self.select_best and (self.use_lora or not self.arithmetic_only):
             raise ConfigError("--select_best needs arithmetic datasets and full fine-tuning (no --use_lora)")
+        if self.probe_steps is not None and not self.arithmetic_only:
+            raise ConfigError(
+                f"--probe_steps needs arithmetic datasets only (the ones with held-out problems from the "
+                f"training distribution); got {', '.join(self.datasets)}"
+            )
+        if self.probe_items > VALIDATION_SAMPLES:
+            raise ConfigError(
+                f"--probe_items {self.probe_items} is more than the {VALIDATION_SAMPLES} held-out problems "
+                "per dataset"
+            )
         for name in ("train_digits", "second_digits"):
             digits = getattr(self.arithmetic, name)
             if digits is not None:

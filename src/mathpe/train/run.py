@@ -6,7 +6,8 @@ Run folder (``--output_dir``, default ``runs/<experiment_name>``):
     runs/              TensorBoard logs
     model/             the final model and tokenizer (``from_pretrained``-loadable), LoRA merged
     adapter/           LoRA runs of a pretrained model: the adapter in PEFT's format, the PE in modules_to_save
-    metrics.json       per dataset: headline metrics, per group, in/out-of-distribution
+    metrics.json       per dataset: headline metrics, per group, in/out-of-distribution; training statistics
+                       (with ``--probe_steps``: ``probe_history`` and ``steps_to_95``)
     predictions.jsonl  one line per evaluation item: prompt, completion, reference, verdicts
     report.md          the tables
     accuracy_by_length.png   for arithmetic datasets
@@ -56,6 +57,7 @@ from mathpe.train.setup import apply_lora, build_model, build_tokenizer, load_sa
 from mathpe.train.trainer import (
     MathPETrainer,
     NonFiniteLossCallback,
+    ProbeCallback,
     TimeBudgetCallback,
     TrainingDivergedError,
     checkpoints,
@@ -65,6 +67,8 @@ from mathpe.train.trainer import (
 
 logger = logging.getLogger(__name__)
 
+#: ``steps_to_95``: the first probed step (``--probe_steps``) with at least this exact match.
+STEPS_TO_95_SCORE = 0.95
 #: The run folder's LoRA adapter (PEFT's format), beside the merged ``model/``.
 ADAPTER_DIR = "adapter"
 
@@ -343,13 +347,18 @@ def train(
     if config.use_lora:
         model = apply_lora(model, config)
     divergence, budget = NonFiniteLossCallback(), TimeBudgetCallback(config.time_budget or float("inf"))
+    probe = None
+    if config.probe_steps:  # after ``budget``, whose stop it probes at
+        probe = ProbeCallback(
+            config.probe_steps, tokenizer, tasks, items=config.probe_items, batch_size=config.eval_batch_size
+        )
     trainer = MathPETrainer(
         model=model,
         args=training_arguments(config, progress=progress),
         train_dataset=features,
         eval_dataset=validation if config.select_best else None,
         data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
-        callbacks=[divergence, budget],
+        callbacks=[divergence, budget, *([probe] if probe else [])],
         train_levels=[level for task in tasks for level in task.train_levels],
         curriculum_steps=config.curriculum_steps,
     )
@@ -368,6 +377,9 @@ def train(
             f"Last good checkpoint: {kept or 'none'}. Try a lower --learning_rate or fp32/bf16."
         )
     history = [entry for entry in trainer.state.log_history if "loss" in entry]
+    probed = {}
+    if probe:
+        probed = {"probe_history": probe.history, "steps_to_95": probe.first_step_at(STEPS_TO_95_SCORE)}
     return model, {
         "steps": trainer.state.global_step,
         "train_seconds": round(time.monotonic() - started, 2),
@@ -380,6 +392,7 @@ def train(
         "best_checkpoint": trainer.state.best_model_checkpoint,
         "best_validation_loss": trainer.state.best_metric,
         "is_main_process": trainer.is_world_process_zero(),
+        **probed,
     }
 
 

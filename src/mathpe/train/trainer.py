@@ -9,6 +9,8 @@ and data position). What it lacks, and this module adds:
 - the PE's own parameters saved with LoRA checkpoints (PEFT saves adapters only);
 - a stop with a clear message when the loss turns NaN/inf, keeping the last good checkpoint;
 - a wall-clock budget per run (``--time_budget``);
+- a periodic probe of exact match on held-out in-distribution problems, kept across ``--resume``
+  (``--probe_steps``);
 - an optional length curriculum as the training sampler (``--curriculum_steps``).
 """
 
@@ -28,12 +30,22 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mathpe.compat import TrainerHooks
 from mathpe.errors import ConfigError, error_summary
+from mathpe.eval.evaluate import evaluate_task
+from mathpe.eval.tasks import Task
 from mathpe.pe import PositionalEncoding
 from mathpe.train.curriculum import LengthCurriculumSampler
 
@@ -149,6 +161,79 @@ class NonFiniteLossCallback(TrainerCallback):
             self.diverged_at = state.global_step
             control.should_training_stop = True
             control.should_save = False
+
+
+class ProbeCallback(TrainerCallback, ExportableState):
+    """Every ``every`` optimizer steps and at the last, greedy exact match on held-out in-distribution problems.
+
+    Scores the first ``items`` validation pairs of each task (``Task.on_validation_pairs``) with the task's
+    grader through ``evaluate_task``, on the main process only, and records ``history``: ``[step, score]``
+    pairs, the score being the mean over tasks of the headline metric. ``first_step_at(0.95)`` is the run's
+    learning speed. Greedy generation draws no random numbers, and the model's train mode and the
+    tokenizer's padding side are put back, so probing leaves training as it was.
+
+    The history is saved in checkpoints as ``TrainerState.stateful_callbacks`` (``state()``) and read back
+    in ``on_train_begin``, when ``--resume`` has loaded that state: a resumed run's history is an
+    uninterrupted one's. (``Trainer``'s own restoring, ``restore_callback_states_from_checkpoint``, would
+    rebuild the callback from its JSON arguments, without its tokenizer and tasks.)
+    """
+
+    def __init__(
+        self,
+        every: int,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        tasks: Sequence[Task] = (),
+        *,
+        items: int = 200,
+        batch_size: int = 64,
+    ) -> None:
+        self.every = every
+        self.tokenizer = tokenizer
+        self.tasks = [task.on_validation_pairs(items) for task in tasks if task.validation_pairs]
+        self.batch_size = batch_size
+        self.history: list[list[float]] = []
+
+    def state(self) -> dict[str, Any]:
+        return {"args": {"every": self.every}, "attributes": {"history": self.history}}
+
+    def first_step_at(self, score: float) -> int | None:
+        """The first probed step whose score is at least ``score``; None when none is."""
+        return next((int(step) for step, value in self.history if value >= score), None)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **_
+    ) -> None:
+        # A resumed run's state holds the history saved with its checkpoint; a new run's holds this one's.
+        # (setdefault: a checkpoint saved without this callback gets an entry, which Trainer's save expects.)
+        saved = state.stateful_callbacks.setdefault(type(self).__name__, self.state())
+        self.history = [list(entry) for entry in saved["attributes"]["history"]]
+
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: PreTrainedModel | None = None,
+        **_,
+    ) -> None:
+        # ``should_training_stop`` is set by then at the last step (``DefaultFlowCallback``) and by a
+        # time-budget stop (``TimeBudgetCallback``, when it is listed before this callback).
+        last = control.should_training_stop
+        if state.is_world_process_zero and (state.global_step % self.every == 0 or last):
+            self.history.append([state.global_step, self.score(model)])
+
+    def score(self, model: PreTrainedModel) -> float:
+        """Mean over the tasks of the headline metric on their held-out problems; ``model`` is left as found."""
+        training, padding_side = model.training, self.tokenizer.padding_side
+        try:
+            scores = []
+            for task in self.tasks:
+                metrics, _ = evaluate_task(model, self.tokenizer, task, batch_size=self.batch_size)
+                scores.append(metrics[metrics["headline"]])
+        finally:
+            model.train(training)
+            self.tokenizer.padding_side = padding_side
+        return sum(scores) / len(scores)
 
 
 class TimeBudgetCallback(TrainerCallback):
