@@ -32,6 +32,7 @@ INTEGRATION_TESTS = (
     "tests/test_cli.py::test_resume_after_a_kill_or_sigterm_matches_the_uninterrupted_run",
     "tests/test_cli.py::test_two_process_data_parallel_matches_one_process_with_the_combined_batch",
     "tests/test_cli.py::test_compare_writes_one_table_and_one_plot",
+    "tests/test_compare_ray.py::test_ray_runs_give_the_local_comparison_and_resume_like_local_runs",
     "tests/test_curriculum.py::test_a_resumed_curriculum_run_ends_with_the_uninterrupted_runs_weights",
     "tests/test_data_loaders.py::test_offline_hub_in_a_fresh_interpreter",
     "tests/test_errors.py::test_an_internal_error_keeps_its_traceback_and_exits_1",

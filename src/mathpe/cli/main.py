@@ -21,7 +21,7 @@ from typing import Any
 from mathpe.cli.arguments import add_dataclass_arguments, comma_list, dataclass_from_args, int_list
 from mathpe.errors import MathPEError, error_summary
 from mathpe.pe import list_pes
-from mathpe.train.compare import COMPARE_PRESETS
+from mathpe.train.compare import COMPARE_PRESETS, LAUNCHERS
 from mathpe.train.config import EVAL_OFFSETS_HELP, RunConfig
 
 EXIT_USAGE = 2
@@ -95,6 +95,8 @@ def command_compare(args: argparse.Namespace) -> int:
         output_dir=output_dir,
         progress=not args.quiet,
         command=args.command_line,
+        launcher=args.launcher,
+        ray_address=args.ray_address,
     )
     print(table)
     return 0
@@ -179,6 +181,17 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     compare.add_argument("--preset", default=None, help="a named recipe (see README), e.g. addition-length")
     compare.add_argument("--seeds", type=lambda text: tuple(int(s) for s in comma_list(text)), default=None)
     compare.add_argument("--jobs", type=int, default=2, help="runs in parallel, one torch thread each")
+    compare.add_argument(
+        "--launcher",
+        default="local",
+        help=f"one of: {', '.join(LAUNCHERS)}; local: --jobs worker processes; ray: a Ray task per run, on "
+        'a cluster or a local Ray instance with --jobs CPUs (pip install "mathpe[ray]")',
+    )
+    compare.add_argument(
+        "--ray_address",
+        default=None,
+        help="--launcher ray: the cluster's address (default $RAY_ADDRESS, else a local Ray instance)",
+    )
     add_run_arguments(compare, skip=frozenset({"pe"}))
     compare.set_defaults(handler=command_compare, **(compare_defaults or {}))
 

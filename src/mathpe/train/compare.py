@@ -2,6 +2,7 @@
 
 Runs go to worker processes, one torch thread each (``--jobs``, default 2 = one per core on a 2-core CPU):
 for small models, two single-threaded jobs side by side finish far sooner than one job on two threads.
+With ``--launcher ray`` each run is a Ray task instead, so a study spreads over a cluster (``launch_runs``).
 """
 
 from __future__ import annotations
@@ -9,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 import shutil
 import statistics
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,9 @@ FOUNDING_PES: tuple[str, ...] = (
     "alibi",
     "math_adaptive",
 )
+#: Where ``mathpe compare``'s runs go: ``--jobs`` local worker processes, or a Ray task each (``launch_runs``).
+LAUNCHERS: tuple[str, ...] = ("local", "ray")
+
 #: The README's embedded default: the founding eight plus the two baselines that matter most for arithmetic.
 DEFAULT_PES: tuple[str, ...] = (*FOUNDING_PES, "nope", "abacus")
 
@@ -113,49 +119,124 @@ def run_comparison(
     output_dir: Path,
     progress: bool = True,
     command: list[str] | None = None,
+    launcher: str = "local",
+    ray_address: str | None = None,
 ) -> str:
     """Run every config for every seed, ``jobs`` at a time; write comparison.json/.md and the plot.
 
     ``progress``: a line on stderr per finished run (PE, seed, headline score, seconds, runs done, ETA).
-    ``command``: the command line, recorded in comparison.json. Returns the Markdown table (also printed by
-    the CLI).
+    ``command``: the command line, recorded in comparison.json. ``launcher``, ``ray_address``: where the runs
+    go (``launch_runs``). Returns the Markdown table (also printed by the CLI).
     """
     if jobs < 1:
         raise ConfigError(f"--jobs must be a positive integer, got {jobs}")
+    check_launcher(launcher, ray_address)
     for config in configs:  # before any run starts, not in each worker
         config.check_environment()
+    if launcher == "ray":  # a worker on another node (or in another folder) finds the runs by absolute path
+        output_dir = output_dir.resolve()
     runs = [
         dataclasses.replace(
             config,
             seed=seed,
             output_dir=str(output_dir / f"{config.pe}-seed{seed}"),
             experiment_name=f"{config.pe}-seed{seed}",
-            threads=config.threads or (1 if jobs > 1 else None),
+            # A Ray task asks for as many CPUs as its run has threads, so its runs always set them.
+            threads=config.threads or (1 if jobs > 1 or launcher == "ray" else None),
         )
         for config in configs
         for seed in seeds
     ]
     claim_comparison_dir(output_dir, runs)
     environment = comparison_environment(runs[0].threads, jobs, command)  # before the code can change
-    report = ProgressReport(len(runs), output_dir, jobs) if progress else None
+    pace = f"{jobs} at a time" if launcher == "local" else "as Ray tasks"
+    report = ProgressReport(len(runs), output_dir, pace) if progress else None
     started = time.monotonic()
-    summaries: list[dict[str, Any]] = [{} for _ in runs]
-    if jobs == 1:
-        for index, run in enumerate(runs):
-            summaries[index] = _run_one(run)
-            if report:
-                report.finished(summaries[index])
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_run_one, run): index for index, run in enumerate(runs)}
-            for future in as_completed(futures):
-                summaries[futures[future]] = future.result()
-                if report:
-                    report.finished(summaries[futures[future]])
+    summaries = [_read_back(run) for run in runs]  # with --resume, finished runs are not run again
+    if report:
+        for summary in filter(None, summaries):
+            report.finished(summary)
+    todo = [index for index, summary in enumerate(summaries) if summary is None]
+    for index, summary in launch_runs(
+        [runs[i] for i in todo], jobs=jobs, launcher=launcher, ray_address=ray_address
+    ):
+        summaries[todo[index]] = summary
+        if report:
+            report.finished(summary)
     wall_seconds = time.monotonic() - started
     return write_comparison(
         output_dir, configs, summaries, wall_seconds=wall_seconds, jobs=jobs, environment=environment
     )
+
+
+def check_launcher(launcher: str, ray_address: str | None) -> None:
+    """Raise ``ConfigError`` for an unknown launcher, a Ray address without Ray, or Ray not installed."""
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher {launcher!r} is not one of: {', '.join(LAUNCHERS)}")
+    if ray_address is not None and launcher != "ray":
+        raise ConfigError(f"--ray_address {ray_address!r} needs --launcher ray, not {launcher!r}")
+    if launcher == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                '--launcher ray needs Ray, which is not installed: pip install "mathpe[ray]"'
+            ) from None
+
+
+def launch_runs(
+    runs: list[RunConfig], *, jobs: int, launcher: str, ray_address: str | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(index in runs, _run_one's summary)`` for each run as it finishes, in the order they finish.
+
+    ``local``: in this process (``jobs`` 1) or ``jobs`` worker processes. ``ray``: a Ray task per run on the
+    cluster at ``ray_address`` (default ``$RAY_ADDRESS``, else a local Ray instance with ``jobs`` runs'
+    CPUs), each asking for its run's threads as CPUs and, where the cluster has GPUs, one GPU.
+    """
+    if launcher == "ray":
+        yield from _ray_runs(runs, jobs=jobs, address=ray_address)
+    elif jobs == 1:
+        for index, run in enumerate(runs):
+            yield index, _run_one(run)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_run_one, run): index for index, run in enumerate(runs)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+
+
+def _ray_runs(
+    runs: list[RunConfig], *, jobs: int, address: str | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``launch_runs`` on Ray; a task that dies (a worker killed, out of memory) is a failed run."""
+    import ray
+
+    if not runs:
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    started_here = not ray.is_initialized()
+    if started_here and address:
+        ray.init(address=address)
+    elif started_here:
+        ray.init(num_cpus=jobs * runs[0].threads, include_dashboard=False)
+    try:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0  # a run trains on CUDA where it has one
+        # No retries: a retried run would find its own folder; --resume continues it from its checkpoint.
+        task = ray.remote(max_retries=0)(_run_one)
+        pending = {
+            task.options(num_cpus=run.threads, num_gpus=gpus).remote(run): index
+            for index, run in enumerate(runs)
+        }
+        while pending:
+            [finished], _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(finished)
+            try:
+                yield index, ray.get(finished)
+            except ray.exceptions.RayError as error:
+                yield index, _failure(runs[index], error)
+    finally:
+        if started_here:
+            ray.shutdown()
 
 
 def comparison_environment(threads: int | None, jobs: int, command: list[str] | None) -> dict[str, Any]:
@@ -178,11 +259,10 @@ def comparison_environment(threads: int | None, jobs: int, command: list[str] | 
 class ProgressReport:
     """``mathpe compare``'s progress on stderr: a start line, then one line per finished run with an ETA."""
 
-    def __init__(self, total: int, output_dir: Path, jobs: int) -> None:
+    def __init__(self, total: int, output_dir: Path, pace: str) -> None:
+        """``pace``: how the runs go, e.g. "2 at a time"."""
         self.total, self.done, self.started = total, 0, time.monotonic()
-        print(
-            f"mathpe compare: {total} runs, {jobs} at a time, into {output_dir}", file=sys.stderr, flush=True
-        )
+        print(f"mathpe compare: {total} runs, {pace}, into {output_dir}", file=sys.stderr, flush=True)
 
     def finished(self, summary: dict[str, Any]) -> None:
         self.done += 1
@@ -237,29 +317,28 @@ def claim_comparison_dir(output_dir: Path, runs: list[RunConfig]) -> None:
                 claim_run_dir(run, identity_settings(run, build_tasks(run)))
 
 
+def _read_back(config: RunConfig) -> dict[str, Any] | None:
+    """With ``resume``, the summary of a run whose folder already holds its metrics; else None (run it)."""
+    metrics_file = config.run_dir / "metrics.json"
+    if not (config.resume and metrics_file.is_file()):
+        return None
+    finished = json.loads(metrics_file.read_text())
+    return {"pe": config.pe, "seed": config.seed, "metrics": finished["datasets"], "train": finished["train"],
+            "best": finished.get("best_checkpoint"), "read_back": True}  # fmt: skip
+
+
 def _run_one(config: RunConfig) -> dict[str, Any]:
     """Worker: one run, summarised; a failure is recorded, not raised, so the other PEs still finish.
 
-    With ``resume``, a run whose folder already holds its metrics is read back instead of run again, and an
-    unfinished one continues from its last checkpoint.
+    With ``resume``, an unfinished run continues from its last checkpoint (finished ones: ``_read_back``).
     """
     from mathpe.train.run import run_experiment
 
-    metrics_file = config.run_dir / "metrics.json"
-    if config.resume and metrics_file.is_file():
-        finished = json.loads(metrics_file.read_text())
-        return {"pe": config.pe, "seed": config.seed, "metrics": finished["datasets"], "train": finished["train"],
-                "best": finished.get("best_checkpoint"), "read_back": True}  # fmt: skip
     started = time.monotonic()
     try:
         result = run_experiment(config, progress=False)
     except Exception as error:  # a PE that fails must not hide the others' results
-        return {
-            "pe": config.pe,
-            "seed": config.seed,
-            "error": f"{type(error).__name__}: {error}",
-            "traceback": traceback.format_exc(),
-        }
+        return _failure(config, error)
     return {
         "pe": config.pe,
         "seed": config.seed,
@@ -267,6 +346,18 @@ def _run_one(config: RunConfig) -> dict[str, Any]:
         "train": result.train,
         "best": result.best,
         "seconds": time.monotonic() - started,
+    }
+
+
+def _failure(config: RunConfig, error: Exception) -> dict[str, Any]:
+    """The summary of a run that failed with ``error`` (raised in it, or its worker's end): the error's first
+    line (a table cell) and the whole traceback."""
+    first_line = str(error).partition("\n")[0]
+    return {
+        "pe": config.pe,
+        "seed": config.seed,
+        "error": f"{type(error).__name__}: {first_line}",
+        "traceback": "".join(traceback.format_exception(error)),
     }
 
 
