@@ -43,6 +43,13 @@ from mathpe.train.setup import pe_parameters
 
 #: The founding eight PEs and NoPE.
 STUDY_PES = "rope,math_rope,long_rope,sinusoidal,t5_relative,diet,alibi,math_adaptive,nope"
+#: The PEs that really change the base's positions (math_rope, math_adaptive and long_rope start equal or close
+#: to RoPE): the study's recovery target counts these.
+POSITION_CHANGING_PES = ("sinusoidal", "t5_relative", "diet", "alibi", "nope")
+#: Recovery target: 1x perplexity within 5% of the rope control's after the same tokens, at <= 2% of pretraining.
+CONTROL_TOLERANCE, TOKEN_BUDGET = 1.05, 0.02
+#: A PE extrapolates when its adapted perplexity at 4x the context is within 10% of that at 1x.
+EXTRAPOLATION_TOLERANCE = 1.10
 
 #: Trainable set of each regime beside LoRA on the attention projections: module types trained in full.
 #: ``lora_pe``: the PE's own parameters only; ``lora_pe_norm_embed``: also every LayerNorm and the input
@@ -67,12 +74,15 @@ class SwapStudyConfig:
     )
     pes: str = field(default=STUDY_PES, metadata={"help": "comma list of PEs ('rope' is the control)"})
     regimes: str = field(default=",".join(REGIMES), metadata={"help": f"comma list of: {', '.join(REGIMES)}"})
-    adapt_steps: int = field(default=100, metadata={"help": "adaptation steps per PE and regime"})
+    adapt_steps: int = field(
+        default=40,
+        metadata={"help": "adaptation steps per PE and regime (40: 2% of the default pretraining's tokens)"},
+    )
     batch_size: int = field(default=16, metadata={"help": "blocks of the model's context per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (cosine decay)"})
     warmup_steps: int = field(default=10, metadata={"help": "linear warm-up steps"})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (alpha = 2 x rank)"})
-    eval_steps: int = field(default=20, metadata={"help": "held-out perplexity every this many steps"})
+    eval_steps: int = field(default=10, metadata={"help": "held-out perplexity every this many steps"})
     eval_tokens: int = field(
         default=65536, metadata={"help": "held-out tokens scored (a multiple of 4x context)"}
     )
@@ -284,6 +294,7 @@ def run_swap_study(config: SwapStudyConfig) -> dict[str, Any]:
                 write_json(cell_file, cell)
             pes.setdefault(pe, {})[regime] = cell
     summary = {"base": base, "pes": pes, "settings": dataclasses.asdict(config)}
+    summary["findings"] = study_findings(summary)
     write_json(output / "summary.json", summary)
     write_text(output / "summary.md", summary_markdown(summary))
     plot_recovery(summary, output / "recovery.png")
@@ -296,15 +307,66 @@ def _pretrain_tokens(base: str) -> int | None:
     return json.loads(record.read_text())["pretrain_tokens"] if record.is_file() else None
 
 
+def study_findings(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per regime, the recovery target and who extrapolates, read off the cells against the ``rope`` control.
+
+    Recovery: a PE's 1x perplexity at the last curve step within ``TOKEN_BUDGET`` of the pretraining tokens is
+    within ``CONTROL_TOLERANCE`` of the control's at the same step; the target is met when at least three of
+    ``POSITION_CHANGING_PES`` recover. Extrapolation: adapted perplexity at 4x within ``EXTRAPOLATION_TOLERANCE``
+    of 1x. Empty without a ``rope`` control or the base's pretraining tokens.
+    """
+    base, control = summary["base"], summary["pes"].get("rope", {})
+    if not base.get("pretrain_tokens"):
+        return {}
+    lengths = list(base["ppl"])
+    tokens_per_step = summary["settings"]["batch_size"] * base["context"]
+    budget_step = int(TOKEN_BUDGET * base["pretrain_tokens"] // tokens_per_step)
+    findings: dict[str, dict[str, Any]] = {}
+    for regime, rope_cell in control.items():
+        rope_curve = dict(rope_cell["curve"])
+        steps = [step for step in rope_curve if step <= budget_step]
+        if not steps:
+            continue
+        step = max(steps)
+        ratios, extrapolates = {}, []
+        for pe, cells in summary["pes"].items():
+            cell = cells.get(regime)
+            if cell is None:
+                continue
+            curve = dict(cell["curve"])
+            if step in curve:
+                ratios[pe] = curve[step] / rope_curve[step]
+            if cell["ppl_adapted"][lengths[-1]] <= EXTRAPOLATION_TOLERANCE * cell["ppl_adapted"][lengths[0]]:
+                extrapolates.append(pe)
+        recovered = [pe for pe, ratio in ratios.items() if ratio <= CONTROL_TOLERANCE]
+        counted = [pe for pe in recovered if pe in POSITION_CHANGING_PES]
+        findings[regime] = {
+            "step": step,
+            "tokens_fraction": step * tokens_per_step / base["pretrain_tokens"],
+            "ppl_ratio_to_rope": ratios,
+            "recovered": recovered,
+            "position_changing_recovered": counted,
+            "target_met": len(counted) >= 3,
+            "extrapolate": extrapolates,
+            "do_not_extrapolate": [
+                pe for pe in summary["pes"] if regime in summary["pes"][pe] and pe not in extrapolates
+            ],
+        }
+    return findings
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
-    """The study's table: perplexity swapped and adapted at 1x/2x/4x per PE and regime, against the control."""
+    """The study's table (perplexity swapped and adapted at 1x/2x/4x per PE and regime, against the control,
+    and the generation scores after adaptation), then the findings (``study_findings``)."""
     base = summary["base"]
     lengths = list(base["ppl"])
     control = summary["pes"].get("rope", {})
+    scores = list(base.get("generation", {}))
     header = ["PE", "regime", *(f"swapped {n}" for n in lengths), *(f"adapted {n}" for n in lengths),
-              "adapted 1x / rope", "4x / 1x", "adapt tokens", "s"]  # fmt: skip
+              "adapted 1x / rope", "4x / 1x", *(f"{name} %" for name in scores), "adapt tokens", "s"]  # fmt: skip
     rows = [["base (no swap)", "-", *(f"{base['ppl'][n]:.2f}" for n in lengths), *("-" for _ in lengths), "-",
-             f"{base['ppl'][lengths[-1]] / base['ppl'][lengths[0]]:.2f}", "-", "-"]]  # fmt: skip
+             f"{base['ppl'][lengths[-1]] / base['ppl'][lengths[0]]:.2f}",
+             *(f"{100 * base['generation'][name]:.1f}" for name in scores), "-", "-"]]  # fmt: skip
     for pe, regimes in summary["pes"].items():
         for regime, cell in regimes.items():
             adapted = cell["ppl_adapted"]
@@ -317,6 +379,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                     *(f"{adapted[n]:.2f}" for n in lengths),
                     f"{adapted[lengths[0]] / reference:.3f}" if reference else "-",
                     f"{adapted[lengths[-1]] / adapted[lengths[0]]:.2f}",
+                    *(f"{100 * cell['generation'][name]:.1f}" for name in scores),
                     f"{cell['adapt_tokens']:,}",
                     f"{cell['seconds']:.0f}",
                 ]
@@ -326,10 +389,20 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         some_cell = next((cell for regimes in summary["pes"].values() for cell in regimes.values()), None)
         if some_cell:
             fraction = f" Adaptation budget: {100 * some_cell['adapt_tokens'] / base['pretrain_tokens']:.2f}% of the base's {base['pretrain_tokens']:,} pretraining tokens."
+    findings = [
+        f"- `{regime}`, step {found['step']} ({100 * found['tokens_fraction']:.1f}% of pretraining tokens): "
+        f"within {100 * (CONTROL_TOLERANCE - 1):.0f}% of the rope control: {', '.join(found['recovered']) or 'none'}; "
+        f"of {', '.join(POSITION_CHANGING_PES)}: {len(found['position_changing_recovered'])} "
+        f"(target >= 3: {'met' if found['target_met'] else 'not met'}). Perplexity at 4x within "
+        f"{100 * (EXTRAPOLATION_TOLERANCE - 1):.0f}% of 1x: {', '.join(found['extrapolate']) or 'none'}."
+        for regime, found in summary.get("findings", {}).items()
+    ]
     return (
         f"# PE swap study: {base['name']}\n\nHeld-out perplexity (GSM8K and MATH test text) at 1x/2x/4x the base's "
-        f"{base['context']}-token context, after the swap and after adaptation.{fraction}\n\n"
+        f"{base['context']}-token context, after the swap and after adaptation; GSM8K strict-match and 1-3 digit "
+        f"addition exact match after adaptation.{fraction}\n\n"
         + markdown_table(header, rows)
+        + ("\n\n## Findings\n\n" + "\n".join(findings) + "\n" if findings else "")
     )
 
 
