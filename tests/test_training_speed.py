@@ -8,6 +8,7 @@ import json
 from collections import Counter
 
 import pytest
+from transformers import set_seed
 
 from mathpe.eval.tasks import ArithmeticSettings
 from mathpe.train.config import RESUMABLE_SETTINGS, RunConfig, differing_settings
@@ -86,3 +87,23 @@ def test_length_grouped_batches_pad_less(tmp_path):
     grouped, _ = one_epoch(dataclasses.replace(config, group_by_length=True))
     assert padding_fraction(random_order) > 0.2  # 1-8 digit problems differ in length
     assert padding_fraction(grouped) < padding_fraction(random_order) / 2
+
+
+def logged_losses(config: RunConfig) -> list[float]:
+    """The loss of every step of a short run of ``config`` (logged each step)."""
+    config = dataclasses.replace(config, logging_steps=1)
+    set_seed(config.seed)
+    tokenizer = build_tokenizer(config)
+    trainer = build_trainer(
+        config, build_model(config, tokenizer), tokenizer, build_tasks(config), progress=False
+    )
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_a_compiled_run_has_the_eager_runs_losses(tmp_path):
+    """--torch_compile changes rounding only: the same losses step by step, to float32 reassociation."""
+    eager = logged_losses(small_config(tmp_path, max_steps=4))
+    compiled = logged_losses(small_config(tmp_path, max_steps=4, torch_compile=True))
+    assert len(eager) == 4
+    assert compiled == pytest.approx(eager, rel=1e-4)

@@ -35,6 +35,7 @@ from mathpe.bench.sections import Setting
 from mathpe.eval.tasks import ArithmeticSettings
 from mathpe.train.compare import LENGTH_STUDY
 from mathpe.train.config import RunConfig
+from mathpe.train.run import build_tasks, build_trainer, training_arguments
 
 #: The issue's target: real training tokens per core-second of the combined settings against today's defaults.
 TRAINING_SPEEDUP_TARGET = Target(">=", 2.0)
@@ -103,10 +104,10 @@ class _TrainerSide:
     """One side: a model and ``MathPETrainer`` built as ``mathpe train`` builds them; each call trains a round."""
 
     def __init__(self, config: RunConfig, warmup_steps: int) -> None:
-        from mathpe.train.run import build_tasks, build_trainer
         from mathpe.train.setup import build_model, build_tokenizer
 
         torch.manual_seed(0)
+        self.config = config
         tokenizer = build_tokenizer(config)
         self.model = build_model(config, tokenizer)
         self.clock = _StepClock()
@@ -120,6 +121,10 @@ class _TrainerSide:
         self.first_call_seconds: float | None = None
 
     def __call__(self) -> None:
+        # accelerate's state (torch.compile, mixed precision) is one per process, set by the newest Accelerator,
+        # and new TrainingArguments reset it: so this side's Trainer sets it up again before it trains.
+        self.trainer.args = training_arguments(self.config, progress=False)
+        self.trainer.create_accelerator_and_postprocess()
         self.counter.batches.clear()
         self.clock.ends.clear()
         started = time.perf_counter()
