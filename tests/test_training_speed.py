@@ -17,16 +17,16 @@ from mathpe.train.setup import build_model, build_tokenizer
 
 
 def small_config(tmp_path, **changes) -> RunConfig:
-    return RunConfig(
-        pe="nope",
-        train_samples=256,
-        eval_samples=1,
-        batch_size=16,
-        max_steps=2,
-        arithmetic=ArithmeticSettings(train_digits=(1, 8), eval_lengths=(1,)),
-        output_dir=str(tmp_path / "run"),
-        **changes,
-    )
+    settings = {
+        "pe": "nope",
+        "train_samples": 256,
+        "eval_samples": 1,
+        "batch_size": 16,
+        "max_steps": 2,
+        "arithmetic": ArithmeticSettings(train_digits=(1, 8), eval_lengths=(1,)),
+        "output_dir": str(tmp_path / "run"),
+    }
+    return RunConfig(**{**settings, **changes})
 
 
 def test_the_speed_settings_reach_the_training_arguments(tmp_path):

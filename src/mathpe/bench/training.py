@@ -237,8 +237,9 @@ def training_throughput(setting: Setting, sizes: TrainingSizes) -> Table:
             "load.",
             f"peak_fraction: gflops_per_s over a {PEAK_SIZE} x {PEAK_SIZE} matrix product's rate in the side's "
             f"dtype, measured here: float32 {peaks[torch.float32] / 1e9:.0f} GFLOP/s, bfloat16 "
-            f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s. first_call_s: the side's first round, with its "
-            "warm-up (compilation for torch_compile).",
+            f"{peaks[torch.bfloat16] / 1e9:.0f} GFLOP/s. first_call_s: wall-clock seconds of the side's "
+            "first round, with its warm-up (torch_compile's compilation; a later side whose graphs are already "
+            "in inductor's cache compiles in seconds).",
         ]
     )
     return table
