@@ -101,6 +101,7 @@ def logged_losses(config: RunConfig) -> list[float]:
     return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
 
 
+@pytest.mark.slow  # compiling takes a minute or more
 def test_a_compiled_run_has_the_eager_runs_losses(tmp_path):
     """--torch_compile changes rounding only: the same losses step by step, to float32 reassociation."""
     eager = logged_losses(small_config(tmp_path, max_steps=4))
