@@ -36,6 +36,7 @@ from mathpe.eval.tasks import ArithmeticSettings
 from mathpe.train.compare import LENGTH_STUDY
 from mathpe.train.config import RunConfig
 from mathpe.train.run import build_tasks, build_trainer, training_arguments
+from mathpe.train.setup import build_model, build_tokenizer
 
 #: The issue's target: real training tokens per core-second of the combined settings against today's defaults.
 TRAINING_SPEEDUP_TARGET = Target(">=", 2.0)
@@ -104,8 +105,6 @@ class _TrainerSide:
     """One side: a model and ``MathPETrainer`` built as ``mathpe train`` builds them; each call trains a round."""
 
     def __init__(self, config: RunConfig, warmup_steps: int) -> None:
-        from mathpe.train.setup import build_model, build_tokenizer
-
         torch.manual_seed(0)
         self.config = config
         tokenizer = build_tokenizer(config)
