@@ -60,6 +60,10 @@ def test_smoke_run_reports_every_section(smoke: tuple[dict[str, Any], list[str]]
         for row in table["rows"]:
             assert set(row) <= set(table["columns"]), key
             assert row["met"] in (True, False, None)
+    training = results["tables"]["training"]["rows"]
+    assert [row["settings"] for row in training[:3]] == ["defaults", "group_by_length", "bf16"]
+    assert all(0 < row["real_token_fraction"] <= 1 and row["tokens_per_core_s"] > 0 for row in training)
+    assert sum(bool(row["target"]) for row in training) == 1  # the tiny preset's combination
     pes = {row["pe"] for row in results["tables"]["pe_overhead"]["rows"]}
     assert pes == set(list_pes())
     assert {row["pe"] for row in results["tables"]["generation"]["rows"]} == set(list_pes())
@@ -92,7 +96,15 @@ def test_run_restores_threads_and_rejects_bad_arguments() -> None:
         run_benchmarks(profile="smoke", sections=["speed"])
     run_benchmarks(profile="smoke", sections=["cuda"], threads=2, echo=lambda _: None)
     assert torch.get_num_threads() == threads
-    assert set(SECTION_KEYS) == {"pe_overhead", "baselines", "swapped", "generation", "scaling", "cuda"}
+    assert set(SECTION_KEYS) == {
+        "pe_overhead",
+        "baselines",
+        "swapped",
+        "generation",
+        "scaling",
+        "training",
+        "cuda",
+    }
 
 
 def test_measure_alternates_sides_after_warmup() -> None:

@@ -52,6 +52,8 @@ NON_DEFAULT: dict[str, tuple[Any, list[str]]] = {
     "save_steps": (5, ["--save_steps", "5"]),
     "logging_steps": (2, ["--logging_steps", "2"]),
     "threads": (1, ["--threads", "1"]),
+    "group_by_length": (True, ["--group_by_length"]),
+    "torch_compile": (True, ["--torch_compile"]),
     "eval_batch_size": (16, ["--eval_batch_size", "16"]),
     "eval_offsets": ((0, 10, 20), ["--eval_offsets", "0,10,20"]),
     "select_best": (True, ["--select_best"]),
@@ -63,7 +65,12 @@ NON_DEFAULT: dict[str, tuple[Any, list[str]]] = {
     "overwrite": (True, ["--overwrite"]),
 }
 #: Settings that exclude another one: the two configs of ``non_default_configs`` take one side each.
-EXCLUDES = {"bf16": "fp16", "overwrite": "resume", "select_best": "use_lora"}
+EXCLUDES = {
+    "bf16": "fp16",
+    "overwrite": "resume",
+    "select_best": "use_lora",
+    "group_by_length": "curriculum_steps",
+}
 #: What a flag needs besides itself to make a valid config.
 NEEDS = {"pe_options": ["--pe", "abacus"], "eval_offsets": ["--pe", "abacus"]}
 #: A run that ends in seconds, should a check below let it start.
@@ -150,6 +157,10 @@ def test_a_config_round_trips_through_config_json(tmp_path):
         ({"arithmetic": ArithmeticSettings(fmt="backwards")}, "--format 'backwards' is not one of"),
         ({"arithmetic": ArithmeticSettings(eval_per_length=0)}, "--eval_per_length must be a positive"),
         ({"probe_steps": 0}, "--probe_steps must be a positive integer, got 0"),
+        (
+            {"group_by_length": True, "curriculum_steps": 5},
+            "--group_by_length and --curriculum_steps exclude each other",
+        ),
         ({"probe_items": 513}, "--probe_items 513 is more than the 512 held-out problems per dataset"),
         ({"probe_steps": 10, "datasets": ("gsm8k",)}, "--probe_steps needs arithmetic datasets only"),
     ],

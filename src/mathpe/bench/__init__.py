@@ -9,6 +9,8 @@ Sections (``sections.py``; each prints a Markdown table and lands in the JSON fi
 5. ``scaling``: step time and peak memory against sequence length for rope and the bias PEs.
 6. ``cuda_*`` (``cuda.py``, when CUDA is present): sections 1-5 in bfloat16, training throughput and MFU of a
    Pythia-410M-shaped model, and ALiBi through ``flex_attention`` against the SDPA float mask.
+7. ``training`` (``training.py``): real training tokens per core-second of the length-study presets through
+   ``mathpe train``'s Trainer, today's defaults against each speed setting and the helpful ones combined.
 
 Every figure is a median of repeated timed runs after warm-up; every comparison is a ratio of two sides
 measured in the same process, alternating the sides round by round (``measure.py``). Rows with a target
@@ -36,6 +38,7 @@ from mathpe.bench.cuda import cuda_tables
 from mathpe.bench.models import NEOX_SHAPES, preset_shape
 from mathpe.bench.report import Table
 from mathpe.bench.sections import SECTIONS, Setting, Sizes
+from mathpe.bench.training import TrainingSizes, training_throughput
 from mathpe.eval.report import write_json
 
 __all__ = ["DEFAULT_THREADS", "PROFILES", "SECTION_KEYS", "run_benchmarks"]
@@ -86,7 +89,7 @@ PROFILES: dict[str, Sizes] = {
         warmup=1,
         repeats=4,
         min_seconds=1.5,
-        expected_minutes="under 2 minutes",
+        expected_minutes="about 2.5 minutes",
     ),
     # Seconds: the test suite's check that every section runs and reports well-formed figures.
     "smoke": Sizes(
@@ -111,8 +114,19 @@ PROFILES: dict[str, Sizes] = {
         expected_minutes="seconds",
     ),
 }
+#: Section ``training``'s sizes in each profile (the quick one leaves out the small preset and torch.compile's
+#: minutes of compiling).
+TRAINING_SIZES: dict[str, TrainingSizes] = {
+    "full": TrainingSizes(
+        presets=(("tiny", 20), ("small", 4)), batch=64, train_samples=20_000, warmup_steps=3
+    ),
+    "quick": TrainingSizes(
+        presets=(("tiny", 8),), batch=64, train_samples=4_000, warmup_steps=2, compile=False
+    ),
+    "smoke": TrainingSizes(presets=(("tiny", 2),), batch=8, train_samples=64, warmup_steps=1, compile=False),
+}
 #: Keys of the sections ``run_benchmarks(sections=...)`` can select.
-SECTION_KEYS = ("pe_overhead", "baselines", "swapped", "generation", "scaling", "cuda")
+SECTION_KEYS = ("pe_overhead", "baselines", "swapped", "generation", "scaling", "training", "cuda")
 
 
 def run_benchmarks(
@@ -150,7 +164,7 @@ def run_benchmarks(
     results: dict[str, Any] = {"meta": meta, "tables": {}, "missed": []}
     try:
         started = time.perf_counter()
-        for table in _tables(sizes, selected):
+        for table in _tables(sizes, TRAINING_SIZES[name], selected):
             table.notes.append(f"Section time: {time.perf_counter() - started:.0f} s.")
             echo(table.markdown())
             results["tables"][table.key] = table.as_json()
@@ -171,12 +185,14 @@ def _write(results: dict[str, Any], json_path: str | Path | None) -> None:
         write_json(Path(json_path), results)
 
 
-def _tables(sizes: Sizes, selected: tuple[str, ...]) -> Iterator[Table]:
+def _tables(sizes: Sizes, training: TrainingSizes, selected: tuple[str, ...]) -> Iterator[Table]:
     """Run the selected sections in order, yielding each table as soon as it is complete."""
     setting = Setting(torch.device("cpu"), torch.float32, sizes)
     for key, section in zip(SECTION_KEYS, SECTIONS, strict=False):
         if key in selected:
             yield section(setting)
+    if "training" in selected:
+        yield training_throughput(setting, training)
     if "cuda" in selected:
         yield from cuda_tables(sizes)
 

@@ -223,7 +223,7 @@ def build_parser(compare_defaults: dict[str, Any] | None = None) -> argparse.Arg
     verify.set_defaults(handler=command_verify)
 
     bench = commands.add_parser("bench", help="time each PE and compare with transformers / x-transformers")
-    bench.add_argument("--quick", action="store_true", help="small sizes, under two minutes on 2 CPU cores")
+    bench.add_argument("--quick", action="store_true", help="small sizes, about 2.5 minutes on 2 CPU cores")
     bench.add_argument("--json", default=None)
     bench.add_argument("--threads", type=int, default=1, help="torch threads on CPU (1: see README)")
     bench.add_argument(

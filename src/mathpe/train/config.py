@@ -27,8 +27,9 @@ EVAL_OFFSETS_HELP = (
     "abacus: answer by majority over greedy generations at these eval offsets, e.g. 0,10,20,30,40,50,60,70,80"
 )
 
-#: The settings ``--resume`` may change: the training budget, the checkpoint and logging cadence, speed,
-#: evaluation batch size and where the run folder and data are. Every other ``RunConfig`` field identifies
+#: The settings ``--resume`` may change: the training budget, the checkpoint and logging cadence, speed (threads
+#: and ``torch.compile``: floating-point rounding at most), evaluation batch size and where the run folder and
+#: data are. Every other ``RunConfig`` field identifies
 #: the run and must equal the run folder's config.json (the data itself is compared by its hash, so
 #: ``data_dir`` may move). A new field is therefore part of a run's identity unless it is listed here.
 RESUMABLE_SETTINGS: frozenset[str] = frozenset(
@@ -39,6 +40,7 @@ RESUMABLE_SETTINGS: frozenset[str] = frozenset(
         "save_steps",
         "logging_steps",
         "threads",
+        "torch_compile",
         "eval_batch_size",
         "output_dir",
         "resume",
@@ -147,6 +149,22 @@ class RunConfig:
     )
     threads: int | None = field(
         default=None, metadata={"group": "training", "help": "torch threads (default: torch's choice)"}
+    )
+    group_by_length: bool = field(
+        default=False,
+        metadata={
+            "group": "training",
+            "help": "batch examples of similar length (Trainer's length-grouped sampler): less padding, "
+            "another data order",
+        },
+    )
+    torch_compile: bool = field(
+        default=False,
+        metadata={
+            "group": "training",
+            "help": "compile the model with torch.compile (inductor): faster steps after a minute or more of "
+            "compilation, so for runs of thousands of steps",
+        },
     )
     eval_batch_size: int = field(
         default=64, metadata={"group": "training", "help": "prompts per generation batch"}
@@ -271,6 +289,10 @@ class RunConfig:
         if self.curriculum_steps < 0:
             raise ConfigError(
                 f"--curriculum_steps must be >= 0 (0: no curriculum), got {self.curriculum_steps}"
+            )
+        if self.curriculum_steps and self.group_by_length:
+            raise ConfigError(
+                "--group_by_length and --curriculum_steps exclude each other: each orders the training data"
             )
         if self.curriculum_steps and not self.arithmetic_only:
             raise ConfigError(

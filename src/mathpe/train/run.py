@@ -35,6 +35,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PrinterCallback,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -287,7 +288,7 @@ def machine() -> dict[str, Any]:
 
 
 def training_arguments(config: RunConfig, *, progress: bool) -> TrainingArguments:
-    """``TrainingArguments`` for the run: steps or epochs, precision, checkpointing, logging."""
+    """``TrainingArguments`` for the run: steps or epochs, precision, checkpointing, logging, data order, compile."""
     cuda = torch.cuda.is_available()
     return TrainingArguments(
         output_dir=str(config.run_dir),
@@ -319,6 +320,8 @@ def training_arguments(config: RunConfig, *, progress: bool) -> TrainingArgument
         ddp_backend="gloo" if not cuda and int(os.environ.get("WORLD_SIZE", "1")) > 1 else None,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        torch_compile=config.torch_compile,
     )
 
 
@@ -334,14 +337,6 @@ def train(
 
     Raises ``TrainingDivergedError`` when the loss turns NaN/inf.
     """
-    features = [
-        feature for task in tasks for feature in supervised_features(task, tokenizer, config.max_length)
-    ]
-    validation = [
-        encode_example(tokenizer, prompt, target, config.max_length)
-        for task in tasks
-        for prompt, target in task.validation_pairs
-    ]
     if config.gradient_checkpointing:
         model.config.use_cache = False
     if config.use_lora:
@@ -352,19 +347,15 @@ def train(
         probe = ProbeCallback(
             config.probe_steps, tokenizer, tasks, items=config.probe_items, batch_size=config.eval_batch_size
         )
-    trainer = MathPETrainer(
-        model=model,
-        args=training_arguments(config, progress=progress),
-        train_dataset=features,
-        eval_dataset=validation if config.select_best else None,
-        data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
+    trainer = build_trainer(
+        config,
+        model,
+        tokenizer,
+        tasks,
         callbacks=[divergence, budget, *([probe] if probe else [])],
-        train_levels=[level for task in tasks for level in task.train_levels],
-        curriculum_steps=config.curriculum_steps,
+        progress=progress,
     )
-    # With the progress bar off, Trainer prints every log line instead; keep quiet runs quiet.
-    if not progress:
-        trainer.remove_callback(PrinterCallback)
+    features = trainer.train_dataset
     resume_from = resume_checkpoint(config.run_dir) if config.resume else None
     if config.resume and resume_from is None:
         logger.warning("--resume: no checkpoint in %s, starting from scratch", config.run_dir)
@@ -394,6 +385,41 @@ def train(
         "is_main_process": trainer.is_world_process_zero(),
         **probed,
     }
+
+
+def build_trainer(
+    config: RunConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    tasks: list[Task],
+    *,
+    callbacks: list[TrainerCallback] | None = None,
+    progress: bool = True,
+) -> MathPETrainer:
+    """The run's ``MathPETrainer``: its tasks' encoded training (and, with ``--select_best``, validation) data,
+    right-padded batches, ``training_arguments`` and ``callbacks``."""
+    features = [
+        feature for task in tasks for feature in supervised_features(task, tokenizer, config.max_length)
+    ]
+    validation = [
+        encode_example(tokenizer, prompt, target, config.max_length)
+        for task in tasks
+        for prompt, target in task.validation_pairs
+    ]
+    trainer = MathPETrainer(
+        model=model,
+        args=training_arguments(config, progress=progress),
+        train_dataset=features,
+        eval_dataset=validation if config.select_best else None,
+        data_collator=PaddingCollator(tokenizer.pad_token_id, padding_side="right"),
+        callbacks=callbacks,
+        train_levels=[level for task in tasks for level in task.train_levels],
+        curriculum_steps=config.curriculum_steps,
+    )
+    # With the progress bar off, Trainer prints every log line instead; keep quiet runs quiet.
+    if not progress:
+        trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def supervised_features(
