@@ -100,12 +100,17 @@ def _ungrouped(tensor: torch.Tensor, heads: int) -> torch.Tensor:
 def _scores(
     query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float, start: int, end: int, key_len: int
 ) -> torch.Tensor:
-    """(batch, heads, end - start, key_len) logits of queries ``start:end`` plus the masked bias, in at least
-    float32 (the logits are computed in the activation dtype, as by SDPA)."""
+    """(batch, heads, end - start, key_len) logits of queries ``start:end`` plus the masked bias, in
+    ``_score_dtype`` (the logits are computed in the activation dtype, as by SDPA)."""
     heads = query.shape[1]
     logits = _grouped(query[:, :, start:end], key.shape[1]) @ key[:, :, :key_len].transpose(-1, -2)
     logits = _ungrouped(logits * scale, heads)
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)) + bias
+    return logits.to(_score_dtype(logits)) + bias
+
+
+def _score_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """Logits, softmax and its statistics are float32, or float64 for float64 activations."""
+    return torch.promote_types(tensor.dtype, torch.float32)
 
 
 class BlockwiseBiasAttention(torch.autograd.Function):
@@ -126,7 +131,7 @@ class BlockwiseBiasAttention(torch.autograd.Function):
         batch, heads, seq, _ = query.shape
         kv_heads = key.shape[1]
         output = torch.empty_like(query)
-        row_max = query.new_empty(batch, heads, seq, dtype=torch.float32)
+        row_max = query.new_empty(batch, heads, seq, dtype=_score_dtype(query))
         log_sum = torch.empty_like(row_max)
         for start, end, key_len in bias.spans(batch, heads, seq):
             scores = _scores(query, key, bias.masked(inputs, start, end, key_len), scale, start, end, key_len)
@@ -154,7 +159,8 @@ class BlockwiseBiasAttention(torch.autograd.Function):
         grad_key = torch.zeros_like(key)
         grad_value = torch.zeros_like(value)
         grad_inputs: list[torch.Tensor | None] = [None] * len(inputs)
-        delta = (grad_output.float() * output.float()).sum(-1, keepdim=True)  # rowsum(dO * O)
+        score_dtype = _score_dtype(query)
+        delta = (grad_output.to(score_dtype) * output.to(score_dtype)).sum(-1, keepdim=True)  # rowsum(dO * O)
         for start, end, key_len in bias.spans(batch, heads, seq):
             with torch.enable_grad():
                 block_bias = bias.masked(inputs, start, end, key_len)
