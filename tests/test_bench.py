@@ -48,7 +48,7 @@ def test_smoke_run_reports_every_section(smoke: tuple[dict[str, Any], list[str]]
     results, printed = smoke
     assert results["meta"]["profile"] == "smoke"
     assert results["meta"]["threads"] == 1
-    expected = ["pe_overhead", "baselines", "swapped", "generation", "scaling"]
+    expected = ["pe_overhead", "baselines", "swapped", "generation", "scaling", "bias_attention"]
     if torch.cuda.is_available():
         assert {f"cuda_{key}" for key in expected} <= set(results["tables"])
     else:
@@ -92,7 +92,15 @@ def test_run_restores_threads_and_rejects_bad_arguments() -> None:
         run_benchmarks(profile="smoke", sections=["speed"])
     run_benchmarks(profile="smoke", sections=["cuda"], threads=2, echo=lambda _: None)
     assert torch.get_num_threads() == threads
-    assert set(SECTION_KEYS) == {"pe_overhead", "baselines", "swapped", "generation", "scaling", "cuda"}
+    assert set(SECTION_KEYS) == {
+        "pe_overhead",
+        "baselines",
+        "swapped",
+        "generation",
+        "scaling",
+        "bias_attention",
+        "cuda",
+    }
 
 
 def test_measure_alternates_sides_after_warmup() -> None:

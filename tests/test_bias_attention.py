@@ -7,13 +7,12 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
+from helpers import perturb_parameters
 from mathpe import attention, bias_attention
 from mathpe.attention import build_pe_context, pe_attention, positions_from_mask
 from mathpe.model.configuration import preset_config
 from mathpe.model.modeling import MathPEForCausalLM
 from mathpe.pe import PEShape, build_pe, list_pes, pe_class
-
-from helpers import perturb_parameters
 
 HEADS, HEAD_DIM, HIDDEN = 4, 8, 32
 #: Every bias PE of the registry with its default options, and the variants whose bias is computed otherwise.
@@ -227,7 +226,9 @@ def test_flex_score_mod_equals_dense_mask_forward(name: str, options: dict, case
         )
         expected = reference(pe, query, key, value, attention_mask)
     real = attention_mask[:, past:].bool()  # fully masked (left-pad) queries differ by design
-    torch.testing.assert_close(got.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got.transpose(1, 2)[real], expected.transpose(1, 2)[real], atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flex_attention's backward needs CUDA")
@@ -236,7 +237,9 @@ def test_flex_path_on_cuda_with_gradients(name: str, options: dict) -> None:
     """On CUDA the dispatch takes compiled flex_attention: output and gradients as the float-mask path."""
     pe = make_pe(name, options).cuda()
     torch.manual_seed(1)
-    query, key, value = (torch.randn(2, HEADS, 64, HEAD_DIM, device="cuda", requires_grad=True) for _ in range(3))
+    query, key, value = (
+        torch.randn(2, HEADS, 64, HEAD_DIM, device="cuda", requires_grad=True) for _ in range(3)
+    )
     attention_mask = torch.ones(2, 64, dtype=torch.long, device="cuda")
     attention_mask[1, :9] = 0
     leaves = [query, key, value, *(p for p in pe.parameters() if p.requires_grad)]

@@ -263,7 +263,9 @@ def build_pe_context(
         queries, keys = _deduplicate_rows(position_ids), _deduplicate_rows(key_positions)
         padding = attention_mask if has_padding else None
         if seq > 1 and not output_attentions and _bias_needs_grad(pe, extra):
-            context.block_bias = BlockBias(pe.bias_blocks(queries, keys, **extra), queries, keys, padding, past)
+            context.block_bias = BlockBias(
+                pe.bias_blocks(queries, keys, **extra), queries, keys, padding, past
+            )
         else:
             context.attn_mask = mask_logits(pe.bias(queries, keys, **extra), padding, past).to(dtype)
     elif has_padding or (seq > 1 and past > 0):
@@ -387,7 +389,7 @@ def check_reentrant_checkpointing(model: torch.nn.Module, context: PEContext) ->
     if not reentrant_checkpointing(model):
         return
     shared = [context.cos, context.sin, context.attn_mask, *context.extra.values()]
-    if context.block_bias is not None:  # tensors built from the PE's weights (its parameters themselves are fine)
+    if context.block_bias is not None:  # what is built from the PE's weights; the weights themselves are fine
         shared += [tensor for tensor in context.block_bias.blocks.inputs if tensor.grad_fn is not None]
     if any(isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in shared):
         raise ValueError(

@@ -3,9 +3,11 @@
 A float mask that requires grad sends SDPA to its math kernel, which keeps every layer's attention
 probabilities for backward. Here the bias is made block by block of queries from the PE's ``BiasBlocks``
 (``mathpe.pe.bias``): on the CPU (and as the generic path) ``BlockwiseBiasAttention`` computes logits, bias,
-masks and softmax one query block at a time, keeps only q, k, v, the output and per-row softmax statistics,
-and in backward recomputes each block (FlashAttention's ``dS = P * (dP - rowsum(dO * O))``), sending ``dS``
-through the block's bias into the PE (``torch.autograd.grad``). On CUDA a PE whose bias depends on ``i - j``
+masks and softmax one query block at a time, keeps only q, k, v and the output, and in backward recomputes
+each block (FlashAttention's ``dS = P * (dP - rowsum(dO * O))``), sending ``dS`` through the block's bias into
+the PE (``torch.autograd.grad``). A block holds every key, so its softmax is complete: backward recomputes the
+probabilities with ``torch.softmax`` instead of keeping per-row statistics (``torch.exp`` of the masked entries'
+huge negative logits runs a slow path on the CPU, softmax does not). On CUDA a PE whose bias depends on ``i - j``
 alone runs through ``flex_attention`` with a ``score_mod`` that indexes the PE's distance table.
 
 Both agree with the float-mask path up to float rounding, with one exception: a query whose every key is masked
@@ -63,11 +65,37 @@ class BlockBias:
     attention_mask: torch.Tensor | None
     past: int
     flex_masks: dict[Any, Any] = field(default_factory=dict)  # create_block_mask results by (batch, device)
+    sliding: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # The common training case: a per-distance table, no padding, every position its index. Then each row of
+        # a block is a window of the table and causality is the sign of the distance (``_windows``).
+        total = self.key_positions.shape[1]
+        first = total - self.query_positions.shape[1]
+        indices = torch.arange(total, device=self.key_positions.device)[None]
+        self.sliding = (
+            self.blocks.lowest is not None
+            and self.attention_mask is None
+            and torch.equal(self.key_positions, indices)
+            and torch.equal(self.query_positions, indices[:, first:])
+        )
 
     def masked(self, inputs: tuple[torch.Tensor, ...], start: int, end: int, key_len: int) -> torch.Tensor:
         """(batch or 1, heads, end - start, key_len) masked float32 bias of queries ``start:end``."""
+        if self.sliding:
+            return self._windows(inputs[0], start, end, key_len)
         bias = self.blocks.make(inputs, self.query_positions[:, start:end], key_len)
         return mask_logits(bias, self.attention_mask, self.past + start)
+
+    def _windows(self, table: torch.Tensor, start: int, end: int, key_len: int) -> torch.Tensor:
+        """The bias of ``masked`` when ``sliding``, as windows of the (heads, n) distance table: query ``i`` against
+        keys ``0 .. key_len - 1`` reads distances ``i .. i - key_len + 1``, a reversed run of the table."""
+        assert self.blocks.lowest is not None
+        distances = torch.arange(table.shape[1], device=table.device) + self.blocks.lowest
+        table = table.masked_fill(distances < 0, torch.finfo(torch.float32).min).flip(-1)  # causality
+        # Window a of the flipped table holds the distances n - 1 - a + lowest downwards; query ``start``'s is:
+        newest = table.shape[1] - 1 + self.blocks.lowest - (self.past + start)
+        return _Windows.apply(table, newest - (end - start) + 1, end - start, key_len)[None]
 
     def dense(self) -> torch.Tensor:
         """The whole masked bias (batch or 1, heads, seq, past + seq): the float mask of SDPA's path."""
@@ -84,6 +112,29 @@ class BlockBias:
             yield start, end, total if self.attention_mask is not None else self.past + end
 
 
+class _Windows(torch.autograd.Function):
+    """Rows ``first + rows - 1`` down to ``first`` of ``table.unfold(-1, key_len, 1)``, with a backward that sums
+    the gradient along its diagonals (autograd's ``unfold_backward`` zero-fills the whole unfolded shape)."""
+
+    @staticmethod
+    def forward(ctx: Any, table: torch.Tensor, first: int, rows: int, key_len: int) -> torch.Tensor:  # type: ignore[override]
+        """(heads, n) table -> (heads, rows, key_len); row r is ``table[:, first + rows - 1 - r :][:, :key_len]``."""
+        ctx.length, ctx.first = table.shape[1], first
+        return table.unfold(-1, key_len, 1)[:, first : first + rows].flip(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        heads, rows, key_len = grad.shape
+        # Row r' of the flipped gradient reads table[first + r' + c]: sum it along r' + c. Rows padded to
+        # key_len + rows and read back rows of key_len + rows - 1 put entry (r', c) in column r' + c.
+        padded = grad.new_zeros(heads, rows, key_len + rows)
+        padded[:, :, :key_len] = grad.flip(1)
+        skewed = padded.flatten(1)[:, : rows * (key_len + rows - 1)].view(heads, rows, key_len + rows - 1)
+        grad_table = grad.new_zeros(heads, ctx.length)
+        grad_table[:, ctx.first : ctx.first + key_len + rows - 1] = skewed.sum(1)
+        return grad_table, None, None, None
+
+
 def _grouped(tensor: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """(batch, heads, n, x) -> (batch, kv_heads, heads // kv_heads * n, x): the query heads of each key head
     side by side (grouped-query attention; head ``h`` uses key head ``h // (heads // kv_heads)``)."""
@@ -97,15 +148,21 @@ def _ungrouped(tensor: torch.Tensor, heads: int) -> torch.Tensor:
     return tensor.reshape(batch, heads, rows * tensor.shape[1] // heads, size)
 
 
-def _scores(
-    query: torch.Tensor, key: torch.Tensor, bias: torch.Tensor, scale: float, start: int, end: int, key_len: int
+def _probabilities(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    bias: torch.Tensor,
+    scale: float,
+    start: int,
+    end: int,
+    key_len: int,
 ) -> torch.Tensor:
-    """(batch, heads, end - start, key_len) logits of queries ``start:end`` plus the masked bias, in
-    ``_score_dtype`` (the logits are computed in the activation dtype, as by SDPA)."""
+    """(batch, heads, end - start, key_len) softmax of the logits of queries ``start:end`` plus the masked bias,
+    in ``_score_dtype`` (the logits are computed in the activation dtype, as by SDPA)."""
     heads = query.shape[1]
     logits = _grouped(query[:, :, start:end], key.shape[1]) @ key[:, :, :key_len].transpose(-1, -2)
-    logits = _ungrouped(logits * scale, heads)
-    return logits.to(_score_dtype(logits)) + bias
+    scores = _ungrouped(logits, heads).to(_score_dtype(logits))
+    return torch.softmax(scores.mul_(scale).add_(bias), -1)
 
 
 def _score_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -131,18 +188,12 @@ class BlockwiseBiasAttention(torch.autograd.Function):
         batch, heads, seq, _ = query.shape
         kv_heads = key.shape[1]
         output = torch.empty_like(query)
-        row_max = query.new_empty(batch, heads, seq, dtype=_score_dtype(query))
-        log_sum = torch.empty_like(row_max)
         for start, end, key_len in bias.spans(batch, heads, seq):
-            scores = _scores(query, key, bias.masked(inputs, start, end, key_len), scale, start, end, key_len)
-            maximum = scores.amax(-1, keepdim=True)
-            exponentials = torch.exp(scores - maximum)
-            total = exponentials.sum(-1, keepdim=True)
-            probabilities = _grouped((exponentials / total).to(value.dtype), kv_heads)
-            output[:, :, start:end] = _ungrouped(probabilities @ value[:, :, :key_len], heads)
-            row_max[:, :, start:end] = maximum[..., 0]
-            log_sum[:, :, start:end] = total[..., 0].log()
-        ctx.save_for_backward(query, key, value, output, row_max, log_sum)
+            block_bias = bias.masked(inputs, start, end, key_len)
+            probabilities = _probabilities(query, key, block_bias, scale, start, end, key_len)
+            block_output = _grouped(probabilities.to(value.dtype), kv_heads) @ value[:, :, :key_len]
+            output[:, :, start:end] = _ungrouped(block_output, heads)
+        ctx.save_for_backward(query, key, value, output)
         # The bias inputs stay on ctx, not in save_for_backward: ``make`` must see the very tensors (the PE's
         # parameters themselves for a PE that recomputes its bias) so torch.autograd.grad can reach them.
         ctx.bias, ctx.scale, ctx.inputs = bias, scale, inputs
@@ -150,7 +201,7 @@ class BlockwiseBiasAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        query, key, value, output, row_max, log_sum = ctx.saved_tensors
+        query, key, value, output = ctx.saved_tensors
         bias, scale, inputs = ctx.bias, ctx.scale, ctx.inputs
         wanted = [index for index, need in enumerate(ctx.needs_input_grad[5:]) if need]
         batch, heads, seq, _ = query.shape
@@ -164,11 +215,10 @@ class BlockwiseBiasAttention(torch.autograd.Function):
         for start, end, key_len in bias.spans(batch, heads, seq):
             with torch.enable_grad():
                 block_bias = bias.masked(inputs, start, end, key_len)
-            scores = _scores(query, key, block_bias.detach(), scale, start, end, key_len)
-            probabilities = torch.exp(scores - row_max[:, :, start:end, None] - log_sum[:, :, start:end, None])
+            probabilities = _probabilities(query, key, block_bias.detach(), scale, start, end, key_len)
             grad_block = _grouped(grad_output[:, :, start:end], kv_heads)
             grad_probabilities = _ungrouped(grad_block @ value[:, :, :key_len].transpose(-1, -2), heads)
-            grad_scores = probabilities * (grad_probabilities - delta[:, :, start:end])
+            grad_scores = grad_probabilities.to(delta.dtype).sub_(delta[:, :, start:end]).mul_(probabilities)
             if wanted:
                 grads = torch.autograd.grad(
                     block_bias, [inputs[index] for index in wanted], grad_scores.sum_to_size(block_bias.shape)
@@ -176,11 +226,11 @@ class BlockwiseBiasAttention(torch.autograd.Function):
                 for index, grad in zip(wanted, grads, strict=True):
                     grad_inputs[index] = grad if grad_inputs[index] is None else grad_inputs[index] + grad
             grad_logits = _grouped(grad_scores.to(query.dtype) * scale, kv_heads)
+            block_query = _grouped(query[:, :, start:end], kv_heads)
+            block_probabilities = _grouped(probabilities.to(value.dtype), kv_heads)
             grad_query[:, :, start:end] = _ungrouped(grad_logits @ key[:, :, :key_len], heads)
-            grad_key[:, :, :key_len] += grad_logits.transpose(-1, -2) @ _grouped(query[:, :, start:end], kv_heads)
-            grad_value[:, :, :key_len] += _grouped(probabilities.to(value.dtype), kv_heads).transpose(-1, -2) @ (
-                grad_block
-            )
+            grad_key[:, :, :key_len] += grad_logits.transpose(-1, -2) @ block_query
+            grad_value[:, :, :key_len] += block_probabilities.transpose(-1, -2) @ grad_block
         return grad_query, grad_key, grad_value, None, None, *grad_inputs
 
 
