@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from mathpe.pe.bias import BiasBlocks
 
@@ -158,11 +159,16 @@ def _probabilities(
     key_len: int,
 ) -> torch.Tensor:
     """(batch, heads, end - start, key_len) softmax of the logits of queries ``start:end`` plus the masked bias,
-    in ``_score_dtype`` (the logits are computed in the activation dtype, as by SDPA)."""
+    in ``_score_dtype`` (the logits are computed in the activation dtype, as by SDPA).
+
+    Probabilities below the dtype's smallest normal number become 0: a steep bias (ALiBi far from the query)
+    leaves many subnormal ones, which make the CPU's matmuls several times slower and weigh nothing.
+    """
     heads = query.shape[1]
     logits = _grouped(query[:, :, start:end], key.shape[1]) @ key[:, :, :key_len].transpose(-1, -2)
     scores = _ungrouped(logits, heads).to(_score_dtype(logits))
-    return torch.softmax(scores.mul_(scale).add_(bias), -1)
+    probabilities = torch.softmax(scores.mul_(scale).add_(bias), -1)
+    return F.threshold_(probabilities, torch.finfo(probabilities.dtype).tiny, 0.0)
 
 
 def _score_dtype(tensor: torch.Tensor) -> torch.dtype:
