@@ -48,7 +48,7 @@ def test_smoke_run_reports_every_section(smoke: tuple[dict[str, Any], list[str]]
     results, printed = smoke
     assert results["meta"]["profile"] == "smoke"
     assert results["meta"]["threads"] == 1
-    expected = ["pe_overhead", "baselines", "swapped", "generation", "scaling"]
+    expected = ["pe_overhead", "baselines", "swapped", "generation", "scaling", "bias_attention"]
     if torch.cuda.is_available():
         assert {f"cuda_{key}" for key in expected} <= set(results["tables"])
     else:
@@ -102,6 +102,7 @@ def test_run_restores_threads_and_rejects_bad_arguments() -> None:
         "swapped",
         "generation",
         "scaling",
+        "bias_attention",
         "training",
         "cuda",
     }

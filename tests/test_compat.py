@@ -34,6 +34,7 @@ DOCUMENTED_HOOKS = {
     "_can_record_outputs",
     "_tied_weights_keys",
     "_keys_to_ignore_on_load_unexpected",
+    "_backward_cls",  # set on every torch.autograd.Function subclass by its metaclass, not by mathpe
 }
 
 

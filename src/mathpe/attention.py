@@ -5,6 +5,12 @@ attention mask, or the cache length), runs the PE's ``prepare`` (digit places, c
 computes everything the layers share: rotary cos/sin, the additive embedding, or the bias folded with the
 causal and padding masks into one float mask. Every layer then calls ``pe_attention``.
 
+Bias PEs: when the bias needs a gradient (a trainable bias in a training forward), a float mask would send SDPA to
+its math kernel, which keeps each layer's (batch, heads, q_len, k_len) probabilities for backward. Then the context
+holds the PE's ``BiasBlocks`` instead (``context.block_bias``) and the layers run ``mathpe.bias_attention``, which
+makes the bias one block of queries at a time and recomputes it in backward. Without a gradient (inference,
+decoding one token, a frozen bias) SDPA's fused kernels take the float mask, built once for all layers.
+
 Cached decoding: the positions of cached keys and the PE's carried state live on the ``Cache`` object (a
 ``PECacheRecord`` as ``cache.mathpe_record``), so a PE whose per-token inputs depend on earlier tokens stays exact
 step by step, and beam search reorders them with ``reorder_pe_cache``. The record is per token: whatever shortens
@@ -28,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache
 
+from mathpe.bias_attention import BlockBias, block_bias_attention, mask_logits
 from mathpe.compat import attn_implementation, reentrant_checkpointing
 from mathpe.pe.base import PositionalEncoding
 from mathpe.pe.randomized import randomized_positions
@@ -49,6 +56,8 @@ class PEContext:
             causal/padding masks, or None when SDPA's causal flag alone is exact.
         is_causal: pass ``is_causal=True`` to SDPA (no mask, no padding, q_len == k_len).
         output_attentions: take the explicit path and return the attention probabilities.
+        block_bias: a bias PE's bias made block by block (``mathpe.bias_attention``) instead of ``attn_mask``, or
+            None.
     """
 
     pe: PositionalEncoding
@@ -60,6 +69,7 @@ class PEContext:
     attn_mask: torch.Tensor | None = None
     is_causal: bool = False
     output_attentions: bool = False
+    block_bias: BlockBias | None = None
 
 
 #: Attribute of a ``Cache`` holding the PE's ``PECacheRecord``.
@@ -250,31 +260,26 @@ def build_pe_context(
 
     has_padding = attention_mask is not None and not bool(attention_mask.all())
     if pe.kind == "bias":
-        bias = pe.bias(_deduplicate_rows(position_ids), _deduplicate_rows(key_positions), **extra)
-        context.attn_mask = _mask_logits(bias, attention_mask if has_padding else None, past, seq).to(dtype)
+        queries, keys = _deduplicate_rows(position_ids), _deduplicate_rows(key_positions)
+        padding = attention_mask if has_padding else None
+        if seq > 1 and not output_attentions and _bias_needs_grad(pe, extra):
+            context.block_bias = BlockBias(
+                pe.bias_blocks(queries, keys, **extra), queries, keys, padding, past
+            )
+        else:
+            context.attn_mask = mask_logits(pe.bias(queries, keys, **extra), padding, past).to(dtype)
     elif has_padding or (seq > 1 and past > 0):
         zeros = inputs_embeds.new_zeros(1, 1, seq, past + seq, dtype=torch.float32)
-        context.attn_mask = _mask_logits(zeros, attention_mask if has_padding else None, past, seq).to(dtype)
+        context.attn_mask = mask_logits(zeros, attention_mask if has_padding else None, past).to(dtype)
     else:
         context.is_causal = seq > 1
     return context
 
 
-def _mask_logits(
-    bias: torch.Tensor, attention_mask: torch.Tensor | None, past: int, seq: int
-) -> torch.Tensor:
-    """Fill the bias (b, h, seq, past + seq) with the float32 minimum where causality or padding forbid.
-
-    The minimum is finite, so a fully masked row (a left-pad query) gives a finite, ignored output.
-    """
-    device = bias.device
-    query_index = torch.arange(past, past + seq, device=device)
-    key_index = torch.arange(past + seq, device=device)
-    allowed = key_index[None, :] <= query_index[:, None]  # (seq, past + seq)
-    allowed = allowed[None, None]
-    if attention_mask is not None:
-        allowed = allowed & attention_mask.bool()[:, None, None, :]
-    return bias.masked_fill(~allowed, torch.finfo(torch.float32).min)
+def _bias_needs_grad(pe: PositionalEncoding, extra: dict[str, torch.Tensor]) -> bool:
+    """True when this forward differentiates the PE's bias (trainable weights or inputs, grad enabled)."""
+    tensors = [*pe.parameters(), *extra.values()]
+    return torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
 
 
 def pe_attention(
@@ -305,6 +310,12 @@ def pe_attention(
         query, key = apply_rotary(query, key, context.cos, context.sin)
     if cache is not None:
         key, value = cache.update(key, value, layer_idx)
+    if context.block_bias is not None:
+        if not dropout:
+            return block_bias_attention(query, key, value, context.block_bias, scale), None
+        # The blockwise path draws no dropout masks: with attention dropout the layers share one float mask.
+        if context.attn_mask is None:
+            context.attn_mask = context.block_bias.dense().to(query.dtype)
     attn_mask = context.attn_mask
     if context.output_attentions:
         return explicit_attention(
@@ -354,7 +365,7 @@ def explicit_attention(
         logits = logits + attn_mask.float().clamp(min=torch.finfo(torch.float32).min)
     elif is_causal:
         q_len, k_len = logits.shape[-2:]
-        logits = _mask_logits(logits, None, k_len - q_len, q_len)
+        logits = mask_logits(logits, None, k_len - q_len)
     weights = torch.softmax(logits, dim=-1).to(query.dtype)
     weights = F.dropout(weights, p=dropout, training=dropout > 0)
     return weights @ value, weights
@@ -378,6 +389,8 @@ def check_reentrant_checkpointing(model: torch.nn.Module, context: PEContext) ->
     if not reentrant_checkpointing(model):
         return
     shared = [context.cos, context.sin, context.attn_mask, *context.extra.values()]
+    if context.block_bias is not None:  # what is built from the PE's weights; the weights themselves are fine
+        shared += [tensor for tensor in context.block_bias.blocks.inputs if tensor.grad_fn is not None]
     if any(isinstance(tensor, torch.Tensor) and tensor.requires_grad for tensor in shared):
         raise ValueError(
             f"PE {context.pe.registry_name!r} with trainable weights needs non-reentrant gradient checkpointing; "

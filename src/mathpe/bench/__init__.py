@@ -7,10 +7,11 @@ Sections (``sections.py``; each prints a Markdown table and lands in the JSON fi
 3. ``swapped``: random GPT-NeoX models (tiny, Pythia-160M-shaped) with their PE swapped, against unswapped.
 4. ``generation``: cached generation tokens/s of every PE against transformers' native GPT-NeoX.
 5. ``scaling``: step time and peak memory against sequence length for rope and the bias PEs.
-6. ``cuda_*`` (``cuda.py``, when CUDA is present): sections 1-5 in bfloat16, training throughput and MFU of a
-   Pythia-410M-shaped model, and ALiBi through ``flex_attention`` against the SDPA float mask.
+6. ``bias_attention``: every bias PE against nope, step time and peak memory, short and long sequences.
 7. ``training`` (``training.py``): real training tokens per core-second of the length-study presets through
    ``mathpe train``'s Trainer, today's defaults against each speed setting and the helpful ones combined.
+8. ``cuda_*`` (``cuda.py``, when CUDA is present): sections 1-6 in bfloat16, training throughput and MFU of a
+   Pythia-410M-shaped model, and ALiBi through ``flex_attention`` against the SDPA float mask.
 
 Every figure is a median of repeated timed runs after warm-up; every comparison is a ratio of two sides
 measured in the same process, alternating the sides round by round (``measure.py``). Rows with a target
@@ -35,7 +36,7 @@ from typing import Any
 import torch
 
 from mathpe.bench.cuda import cuda_tables
-from mathpe.bench.models import NEOX_SHAPES, preset_shape
+from mathpe.bench.models import NEOX_SHAPES, Shape, preset_shape
 from mathpe.bench.report import Table
 from mathpe.bench.sections import SECTIONS, Setting, Sizes
 from mathpe.bench.training import TrainingSizes, training_throughput
@@ -61,6 +62,8 @@ PROFILES: dict[str, Sizes] = {
         gen_batches=(1, 8),
         scaling_seqs=(256, 512, 1024, 2048, 4096),
         scaling_batch=2,
+        bias_shape=Shape("hidden-256", 256, 4, 8, 32),
+        bias_runs=((4, 512), (2, 2048)),
         throughput_shape="pythia-410m",
         throughput_batch=8,
         throughput_seq=2048,
@@ -83,6 +86,8 @@ PROFILES: dict[str, Sizes] = {
         gen_batches=(1, 4),
         scaling_seqs=(64, 128, 256, 512),
         scaling_batch=1,
+        bias_shape=Shape("hidden-256", 256, 4, 8, 32),
+        bias_runs=((2, 128), (1, 512)),
         throughput_shape="pythia-410m",
         throughput_batch=4,
         throughput_seq=512,
@@ -105,6 +110,8 @@ PROFILES: dict[str, Sizes] = {
         gen_batches=(1,),
         scaling_seqs=(16, 32),
         scaling_batch=1,
+        bias_shape=preset_shape("tiny"),
+        bias_runs=((1, 16), (1, 32)),
         throughput_shape="tiny",
         throughput_batch=1,
         throughput_seq=16,
@@ -126,7 +133,9 @@ TRAINING_SIZES: dict[str, TrainingSizes] = {
     "smoke": TrainingSizes(presets=(("tiny", 2),), batch=8, train_samples=64, warmup_steps=1, compile=False),
 }
 #: Keys of the sections ``run_benchmarks(sections=...)`` can select.
-SECTION_KEYS = ("pe_overhead", "baselines", "swapped", "generation", "scaling", "training", "cuda")
+SECTION_KEYS = (
+    "pe_overhead", "baselines", "swapped", "generation", "scaling", "bias_attention", "training", "cuda"
+)
 
 
 def run_benchmarks(

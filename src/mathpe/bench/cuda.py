@@ -1,4 +1,4 @@
-"""6. CUDA: sections 1-5 in bfloat16, training throughput and MFU, and ALiBi through ``flex_attention``."""
+"""7. CUDA: sections 1-6 in bfloat16, training throughput and MFU, and ALiBi through ``flex_attention``."""
 
 from __future__ import annotations
 
@@ -25,13 +25,13 @@ PEAK_BF16_FLOPS = {
 
 
 def cuda_tables(sizes: Sizes) -> Iterator[Table]:
-    """Section 6 when CUDA is present (one table each); a single note table otherwise."""
+    """Section 7 when CUDA is present (one table each); a single note table otherwise."""
     if not torch.cuda.is_available():
-        table = Table("cuda", "6. CUDA", [])
+        table = Table("cuda", "7. CUDA", [])
         table.notes.append("Skipped: no CUDA device (torch.cuda.is_available() is False).")
         yield table
         return
-    setting = Setting(torch.device("cuda"), torch.bfloat16, sizes, "cuda_", "6. CUDA bf16 / ")
+    setting = Setting(torch.device("cuda"), torch.bfloat16, sizes, "cuda_", "7. CUDA bf16 / ")
     for section in SECTIONS:
         yield section(setting)
     yield throughput(setting)

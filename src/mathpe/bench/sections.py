@@ -37,6 +37,10 @@ TIME_EXPONENT_TARGET = Target("<=", 2.2)
 #: Scaling: bias PEs hold no (batch, heads, L, L) tensor per layer (in units of layers x batch x one bias).
 PER_LAYER_TARGET = Target("<", 0.5)
 SCALING_PES = ("rope", "alibi", "t5_relative", "fire")
+#: Bias PEs against nope (``bias_attention``): step time at the shorter and the longer length, peak memory at
+#: the longer one.
+BIAS_TIME_TARGETS = (Target("<=", 1.15), Target("<=", 1.3))
+BIAS_MEMORY_TARGET = Target("<=", 1.25)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Sizes:
     gen_batches: tuple[int, ...]  # section 4
     scaling_seqs: tuple[int, ...]  # section 5
     scaling_batch: int
+    bias_shape: Shape  # section 6: the decoder of the bias-attention comparisons ...
+    bias_runs: tuple[tuple[int, int], ...]  # ... and the (batch, seq) of each
     throughput_shape: str  # section 6 (CUDA): tokens/s and MFU of this NEOX_SHAPES model
     throughput_batch: int
     throughput_seq: int
@@ -380,10 +386,60 @@ def _pe_context_bytes(model: torch.nn.Module, tokens: torch.Tensor, device: torc
     return memory_use(build, device)[1]
 
 
+def bias_attention(setting: Setting) -> Table:
+    """6. Bias PEs (trainable biases through ``mathpe.bias_attention``) against nope: step time and peak memory."""
+    sizes = setting.sizes
+    table = setting.table(
+        "bias_attention",
+        f"6. Bias PEs against nope: forward+backward of mathpe's decoder ({_describe(sizes.bias_shape)})",
+        [
+            "pe",
+            "batch",
+            "seq",
+            "step_ms",
+            "time_ratio_vs_nope",
+            "peak_mib",
+            "memory_ratio_vs_nope",
+            "target",
+            "met",
+        ],
+    )
+    names = ["nope", *(pe for pe in list_pes() if pe_class(pe).kind == "bias")]
+    longest = max(seq for _, seq in sizes.bias_runs)
+    models = {pe: setting.place(mathpe_decoder(pe, sizes.bias_shape, longest), train=True) for pe in names}
+    for (batch, seq), time_target in zip(sizes.bias_runs, BIAS_TIME_TARGETS, strict=False):
+        tokens = setting.tokens(batch, seq, sizes.shape.vocab)
+        result = setting.measure({pe: train_step(model, tokens) for pe, model in models.items()}, memory=True)
+        for pe in names[1:]:
+            ratio = result.ratio(pe, "nope")
+            memory_ratio = result.peak_bytes[pe] / result.peak_bytes["nope"]
+            checks = [("time", time_target, ratio)]
+            if seq == longest:
+                checks.append(("memory", BIAS_MEMORY_TARGET, memory_ratio))
+            table.add(
+                checks,
+                pe=pe,
+                batch=batch,
+                seq=seq,
+                step_ms=1000 * result.median(pe),
+                time_ratio_vs_nope=ratio,
+                peak_mib=_mib(result.peak_bytes[pe]),
+                memory_ratio_vs_nope=memory_ratio,
+            )
+    table.notes.append(
+        f"Targets: step time {BIAS_TIME_TARGETS[0]} x nope at the first run, {BIAS_TIME_TARGETS[1]} at the second; "
+        f"peak memory {BIAS_MEMORY_TARGET} x nope at the longest length. Trainable biases run blockwise "
+        "(mathpe.bias_attention): no (batch, heads, L, L) tensor per layer, the bias recomputed block by block "
+        "in every layer's backward."
+    )
+    return table
+
+
 SECTIONS: tuple[Callable[[Setting], Table], ...] = (
     pe_overhead,
     against_baselines,
     swapped_models,
     cached_generation,
     scaling,
+    bias_attention,
 )

@@ -5,6 +5,12 @@ that of the positions it gets, so positions shared by the batch ((1, len), as ``
 give a bias of batch dim 1 that every row reuses. The attention path calls ``bias`` once per forward and every
 layer shares the result, so each method's parameters are per head and shared across layers.
 
+Block by block: ``bias_blocks`` gives the same bias one block of queries at a time, from a few small tensors
+computed once per forward (its ``inputs``), so an attention path can recompute any block in its backward
+instead of keeping a (batch, heads, q_len, k_len) tensor per layer. A PE whose bias depends on ``i - j`` alone
+(``distance_only``) makes its blocks from a per-distance table (``distance_bias``), which a ``flex_attention``
+``score_mod`` can also index.
+
 The maths lives in small pure functions (``t5_relative_bucket``, ``fire_interpolated_distance``, ...) that the
 modules call and the tests check against reference implementations.
 """
@@ -12,6 +18,8 @@ modules call and the tests check against reference implementations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -170,6 +178,33 @@ def low_rank_position_bias(
     return queries @ keys.transpose(-1, -2) / math.sqrt(rank)
 
 
+def distance_lookup(
+    table: torch.Tensor, query_positions: torch.Tensor, key_positions: torch.Tensor, lowest: int
+) -> torch.Tensor:
+    """Bias from a per-distance table: (heads, n) table of distances ``lowest .. lowest + n - 1``,
+    (batch, q_len) and (batch, k_len) positions -> (batch, heads, q_len, k_len)."""
+    index = integer_distance(query_positions, key_positions)[:, 0] - lowest  # (batch, q_len, k_len)
+    return table[:, index].transpose(0, 1)
+
+
+@dataclass
+class BiasBlocks:
+    """A PE's bias of fixed keys, made for any block of queries from ``inputs``.
+
+    Attributes:
+        inputs: tensors computed once per forward (a distance table, projected key features, or the PE's
+            trainable parameters themselves); the bias is differentiable in them and in nothing else.
+        make: ``make(inputs, queries, key_len)``: (batch, q_block) query positions -> (batch, heads, q_block,
+            key_len) float32 bias of those queries against the first ``key_len`` keys.
+        lowest: for a ``distance_only`` PE, ``inputs[0]`` is its (heads, n) ``distance_bias`` table of the
+            distances ``lowest .. lowest + n - 1``; None otherwise.
+    """
+
+    inputs: tuple[torch.Tensor, ...]
+    make: Callable[[tuple[torch.Tensor, ...], torch.Tensor, int], torch.Tensor]
+    lowest: int | None = None
+
+
 class BiasEncoding(PositionalEncoding):
     """Base of the bias family; subclasses implement ``bias(query_positions, key_positions, **extra)``."""
 
@@ -180,6 +215,41 @@ class BiasEncoding(PositionalEncoding):
     ) -> torch.Tensor:
         """(batch, q_len), (batch, k_len) positions -> (batch, heads, q_len, k_len) float32 logit bias."""
         raise NotImplementedError
+
+    def distance_only(self) -> bool:
+        """True when the bias depends on the distance ``i - j`` alone (not on ``i`` itself, nor on ``extra``)."""
+        return False
+
+    def distance_bias(self, distance: torch.Tensor) -> torch.Tensor:
+        """(n,) integer distances ``i - j`` -> (heads, n) float32 bias, for a ``distance_only`` PE."""
+        return self.bias(distance[None], distance.new_zeros(1, 1))[0, :, :, 0]
+
+    def bias_blocks(
+        self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
+    ) -> BiasBlocks:
+        """The bias of ``bias(query_positions, key_positions, **extra)``, block by block of queries.
+
+        A ``distance_only`` PE looks its blocks up in one (heads, n) table of every distance the positions
+        span; otherwise each block calls ``bias`` again, differentiable in the trainable parameters and in the
+        ``extra`` tensors that require grad.
+        """
+        if self.distance_only():
+            lowest = int(query_positions.min() - key_positions.max())
+            highest = int(query_positions.max() - key_positions.min())
+            table = self.distance_bias(torch.arange(lowest, highest + 1, device=query_positions.device))
+            return BiasBlocks(
+                (table,),
+                lambda inputs, queries, key_len: distance_lookup(
+                    inputs[0], queries, key_positions[:, :key_len], lowest
+                ),
+                lowest,
+            )
+        trainable = [parameter for parameter in self.parameters() if parameter.requires_grad]
+        trainable += [tensor for tensor in extra.values() if tensor.requires_grad]
+        return BiasBlocks(
+            tuple(trainable),
+            lambda inputs, queries, key_len: self.bias(queries, key_positions[:, :key_len], **extra),
+        )
 
 
 @register("alibi")
@@ -202,6 +272,9 @@ class ALiBi(BiasEncoding):
         super().__init__(shape)
         self.register_buffer("slopes", alibi_slopes(shape.num_heads))
         self.slope_scale = nn.Parameter(torch.ones(shape.num_heads), requires_grad=learnable_slopes)
+
+    def distance_only(self) -> bool:
+        return True
 
     def bias(
         self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
@@ -243,6 +316,9 @@ class T5Relative(BiasEncoding):
         self.max_distance = max_distance
         self.relative_attention_bias = nn.Embedding(num_buckets, shape.num_heads)
         nn.init.normal_(self.relative_attention_bias.weight, std=0.02)
+
+    def distance_only(self) -> bool:
+        return True
 
     def bias(
         self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
@@ -320,6 +396,28 @@ class DIET(BiasEncoding):
             limit = self.max_relative_distance
             index = (-integer_distance(query_positions, key_positions)).clamp(-limit, limit) + limit
             return per_head_lookup(self.relative_bias.float(), index)
+
+    def distance_only(self) -> bool:
+        return self.variant == "rel"
+
+    def bias_blocks(
+        self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
+    ) -> BiasBlocks:
+        """DIET-ABS projects the key features once per forward; each block projects only its queries."""
+        if self.variant != "abs":
+            return super().bias_blocks(query_positions, key_positions, **extra)
+        with float32_compute(query_positions.device):
+            key_features = sinusoidal_table(key_positions, self.shape.hidden_size)
+            keys = torch.einsum("bkd,hdr->bhkr", key_features, self.key_weight.float())
+
+        def make(inputs: tuple[torch.Tensor, ...], queries: torch.Tensor, key_len: int) -> torch.Tensor:
+            query_weight, keys = inputs[0], inputs[1][:, :, :key_len]
+            with float32_compute(queries.device):
+                query_features = sinusoidal_table(queries, self.shape.hidden_size)
+                projected = torch.einsum("bqd,hdr->bhqr", query_features, query_weight.float())
+                return projected @ keys.transpose(-1, -2) / math.sqrt(self.rank)
+
+        return BiasBlocks((self.query_weight, keys), make)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, variant={self.variant}"
@@ -407,6 +505,9 @@ class KERPLE(BiasEncoding):
     def rates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The positive per-head ``(r1, r2)``, each (heads,) float32."""
         return F.softplus(self.raw_r1.float()), F.softplus(self.raw_r2.float())
+
+    def distance_only(self) -> bool:
+        return True
 
     def bias(
         self, query_positions: torch.Tensor, key_positions: torch.Tensor, **extra: torch.Tensor
