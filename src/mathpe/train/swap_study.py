@@ -53,11 +53,15 @@ EXTRAPOLATION_TOLERANCE = 1.10
 
 #: Trainable set of each regime beside LoRA on the attention projections: module types trained in full.
 #: ``lora_pe``: the PE's own parameters only; ``lora_pe_norm_embed``: also every LayerNorm and the input
-#: embeddings (LongLoRA's finding that LoRA alone leaves a gap in context extension).
+#: embeddings (LongLoRA's finding that LoRA alone leaves a gap in context extension); ``full``: every weight (the
+#: upper bound LoRA is read against, as DroPE recalibrates the whole model).
 REGIMES: dict[str, tuple[type[nn.Module], ...]] = {
     "lora_pe": (),
     "lora_pe_norm_embed": (nn.LayerNorm, nn.Embedding),
+    "full": (nn.Module,),
 }
+#: The regimes run unless ``--regimes`` says otherwise (``full`` costs a full fine-tune's optimizer state).
+DEFAULT_REGIMES = ("lora_pe", "lora_pe_norm_embed")
 
 
 @dataclass
@@ -73,7 +77,9 @@ class SwapStudyConfig:
         metadata={"help": "folder with gsm8k/ and math/ JSON Lines files (default $MATHPE_DATA)"},
     )
     pes: str = field(default=STUDY_PES, metadata={"help": "comma list of PEs ('rope' is the control)"})
-    regimes: str = field(default=",".join(REGIMES), metadata={"help": f"comma list of: {', '.join(REGIMES)}"})
+    regimes: str = field(
+        default=",".join(DEFAULT_REGIMES), metadata={"help": f"comma list of: {', '.join(REGIMES)}"}
+    )
     adapt_steps: int = field(
         default=40,
         metadata={"help": "adaptation steps per PE and regime (40: 2% of the default pretraining's tokens)"},

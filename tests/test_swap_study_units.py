@@ -1,10 +1,13 @@
-"""``mathpe swap-study``'s findings (recovery target, extrapolation) read off a hand-made summary."""
+"""``mathpe swap-study`` without a study: findings read off a hand-made summary, and what each regime trains."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mathpe.train.swap_study import study_findings, summary_markdown
+import pytest
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+from mathpe.train.swap_study import REGIMES, make_trainable, study_findings, summary_markdown
 
 
 def _cell(curve: list[list[float]], ppl_1x: float, ppl_4x: float) -> dict[str, Any]:
@@ -22,8 +25,13 @@ def _summary() -> dict[str, Any]:
     # 1,000 pretraining tokens, 16 tokens a step: the 2% budget (20 tokens) ends at step 1.
     rope = _cell([[0, 10.0], [1, 10.0], [2, 9.0]], 9.0, 9.5)
     return {
-        "base": {"name": "toy", "context": 8, "pretrain_tokens": 1000, "ppl": {"8": 10.0, "16": 11.0, "32": 30.0},
-                 "generation": {"gsm8k_strict_match": 0.0, "addition_exact_match": 0.25}},  # fmt: skip
+        "base": {
+            "name": "toy",
+            "context": 8,
+            "pretrain_tokens": 1000,
+            "ppl": {"8": 10.0, "16": 11.0, "32": 30.0},
+            "generation": {"gsm8k_strict_match": 0.0, "addition_exact_match": 0.25},
+        },
         "settings": {"batch_size": 2},
         "pes": {
             "rope": {"lora_pe": rope},
@@ -35,7 +43,9 @@ def _summary() -> dict[str, Any]:
     }
 
 
-def test_recovery_is_read_at_the_budget_step_against_the_control_and_counts_only_position_changing_pes() -> None:
+def test_recovery_is_read_at_the_budget_step_against_the_control_and_counts_only_position_changing_pes() -> (
+    None
+):
     found = study_findings(_summary())["lora_pe"]
     assert found["step"] == 1 and found["tokens_fraction"] == 16 / 1000
     assert found["ppl_ratio_to_rope"]["alibi"] == 10.4 / 10.0
@@ -57,3 +67,26 @@ def test_no_findings_without_pretraining_tokens_and_the_markdown_states_them() -
     assert "target >= 3: not met" in text and "| alibi | lora_pe |" in text and "| 50.0 |" in text
     summary["base"]["pretrain_tokens"] = None
     assert study_findings(summary) == {}
+
+
+@pytest.mark.parametrize("regime", list(REGIMES))
+def test_each_regime_trains_lora_and_exactly_its_module_types(regime: str) -> None:
+    config = GPTNeoXConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=32)  # fmt: skip
+    model = make_trainable(GPTNeoXForCausalLM(config), regime, lora_r=2)
+    trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    lora = {name for name in trainable if "lora_" in name}
+    assert lora and all("attention" in name for name in lora)
+    expected = {
+        f"{name}.{parameter_name}"
+        for name, module in model.named_modules()
+        if isinstance(module, REGIMES[regime]) and "lora_" not in name
+        for parameter_name, _ in module.named_parameters(recurse=False)
+    }
+    assert trainable - lora == expected
+    if regime == "full":
+        assert all(parameter.requires_grad for parameter in model.parameters())
+    elif regime == "lora_pe":
+        assert trainable == lora  # a native GPT-NeoX has no PE parameters
+    else:
+        assert any("layernorm" in name for name in expected) and any("embed_in" in name for name in expected)
