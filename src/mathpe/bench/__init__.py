@@ -134,7 +134,14 @@ TRAINING_SIZES: dict[str, TrainingSizes] = {
 }
 #: Keys of the sections ``run_benchmarks(sections=...)`` can select.
 SECTION_KEYS = (
-    "pe_overhead", "baselines", "swapped", "generation", "scaling", "bias_attention", "training", "cuda"
+    "pe_overhead",
+    "baselines",
+    "swapped",
+    "generation",
+    "scaling",
+    "bias_attention",
+    "training",
+    "cuda",
 )
 
 
