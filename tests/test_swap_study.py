@@ -72,7 +72,7 @@ def test_resume_reads_finished_cells_back_and_a_rerun_is_refused(study, monkeypa
 
 def test_bad_regime_and_pe_are_one_line_errors(study, capsys) -> None:
     _, arguments = study
-    assert main([*arguments, "--regimes", "full"]) == 2
-    assert "unknown regime(s) ['full']" in capsys.readouterr().err
+    assert main([*arguments, "--regimes", "everything"]) == 2
+    assert "unknown regime(s) ['everything']" in capsys.readouterr().err
     assert main([*arguments, "--pes", "rope,ropee"]) == 2
     assert "unknown PE(s) ['ropee']" in capsys.readouterr().err
