@@ -128,11 +128,23 @@ def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(index for token, index in tokenizer.get_vocab().items() if _is_ascii_digits(token))
 
 
-def digit_options(pe: str, digit_ids: Sequence[int] = DIGIT_IDS) -> dict[str, list[int]]:
-    """``{"digit_token_ids": digit_ids}`` for a PE that takes digit ids (``pe_options``), else ``{}``."""
+def index_hint_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of the tokens that are one index-hint letter (``INDEX_HINTS``), ascending: the letters of
+    ``--index_hints`` text, which the digit-aware PEs keep inside numbers (``hint_token_ids``)."""
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab[letter] for letter in INDEX_HINTS if letter in vocab)
+
+
+def digit_options(
+    pe: str, digit_ids: Sequence[int] = DIGIT_IDS, hint_ids: Sequence[int] = ()
+) -> dict[str, list[int]]:
+    """``{"digit_token_ids": digit_ids}`` for a PE that takes digit ids (``pe_options``), else ``{}``; with
+    ``hint_ids`` (index hints in the data), ``"hint_token_ids"`` too."""
     from mathpe.pe import pe_options
 
-    return {"digit_token_ids": list(digit_ids)} if "digit_token_ids" in pe_options(pe) else {}
+    if "digit_token_ids" not in pe_options(pe):
+        return {}
+    return {"digit_token_ids": list(digit_ids), **({"hint_token_ids": list(hint_ids)} if hint_ids else {})}
 
 
 def _is_ascii_digits(text: str) -> bool:

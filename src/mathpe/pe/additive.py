@@ -97,9 +97,15 @@ class DigitPlaceTable(DigitRunsMixin, AdditiveEncoding):
 
     variant_state_key: ClassVar[str]
 
-    def init_place_table(self, digit_token_ids: list[int] | None, max_digits: int, max_variant: int) -> None:
+    def init_place_table(
+        self,
+        digit_token_ids: list[int] | None,
+        hint_token_ids: list[int] | None,
+        max_digits: int,
+        max_variant: int,
+    ) -> None:
         """Digit lookup, ``max_digits`` and the ``max_digits + max_variant + 1``-row table, init normal std 0.02."""
-        self.init_digit_runs(digit_token_ids)
+        self.init_digit_runs(digit_token_ids, hint_token_ids)
         self.max_digits = require_int("max_digits", max_digits)
         limit = self.eval_variant_limit_option
         setattr(self, limit, require_int(limit, max_variant, minimum=0))
@@ -164,6 +170,7 @@ class Abacus(DigitPlaceTable):
 
     Options:
         digit_token_ids: ids of the ten digit tokens (None: no token is a digit; every token gets row offset).
+        hint_token_ids: ids of index-hint tokens (``--index_hints``), which stay inside a number (``mathpe.pe.digits``).
         max_digits: longest number (in digits) the table supports.
         max_offset: largest random training offset (the paper trains with k = 100).
         eval_offset: the offset in eval mode, 0..max_offset (0, as in the paper). Past the training length,
@@ -182,12 +189,13 @@ class Abacus(DigitPlaceTable):
         /,
         *,
         digit_token_ids: list[int] | None = None,
+        hint_token_ids: list[int] | None = None,
         max_digits: int = 64,
         max_offset: int = 100,
         eval_offset: int = 0,
     ) -> None:
         super().__init__(shape)
-        self.init_place_table(digit_token_ids, max_digits, max_offset)
+        self.init_place_table(digit_token_ids, hint_token_ids, max_digits, max_offset)
         self.eval_offset = eval_offset
 
     @property

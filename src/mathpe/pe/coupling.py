@@ -63,6 +63,7 @@ class PositionCoupling(DigitPlaceTable):
 
     Options:
         digit_token_ids: ids of the ten digit tokens (None: no token is a digit; every token gets ``start``).
+        hint_token_ids: ids of index-hint tokens (``--index_hints``), which stay inside a number (``mathpe.pe.digits``).
         max_digits: longest number (in digits) the table supports; longer ones raise a ``ConfigError``.
         max_start: largest random start in training. Choose it so that ``max_start`` plus the longest
             training answer covers the longest test answer: every id below that is then trained.
@@ -80,12 +81,13 @@ class PositionCoupling(DigitPlaceTable):
         /,
         *,
         digit_token_ids: list[int] | None = None,
+        hint_token_ids: list[int] | None = None,
         max_digits: int = 64,
         max_start: int = 64,
         eval_start: int = 0,
     ) -> None:
         super().__init__(shape)
-        self.init_place_table(digit_token_ids, max_digits, max_start)
+        self.init_place_table(digit_token_ids, hint_token_ids, max_digits, max_start)
         self.eval_start = self.check_eval_variant(eval_start)
 
     def place_inputs(self, digit_runs: torch.Tensor, variants: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -125,6 +127,7 @@ class PositionCouplingRoPE(DigitRunsMixin, RotaryEncoding):
         base: frequency base.
         rotary_fraction: fraction of each head's dims that rotate.
         digit_token_ids: ids of the ten digit tokens (None: no token is a digit; every id is 0, i.e. NoPE).
+        hint_token_ids: ids of index-hint tokens (``--index_hints``), which stay inside a number (``mathpe.pe.digits``).
     """
 
     def __init__(
@@ -135,9 +138,10 @@ class PositionCouplingRoPE(DigitRunsMixin, RotaryEncoding):
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
         digit_token_ids: list[int] | None = None,
+        hint_token_ids: list[int] | None = None,
     ) -> None:
         super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
-        self.init_digit_runs(digit_token_ids)
+        self.init_digit_runs(digit_token_ids, hint_token_ids)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))
 
     def angles(self, position_ids: torch.Tensor, digit_runs: torch.Tensor | None = None) -> torch.Tensor:

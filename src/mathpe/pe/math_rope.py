@@ -81,6 +81,7 @@ class MathematicalRoPE(DigitRunsMixin, RotaryEncoding):
         rotary_fraction: fraction of each head's dims that rotate.
         digit_token_ids: ids of the digit tokens; None turns the digit component off (RoPE with a learnable
             scale).
+        hint_token_ids: ids of index-hint tokens (``--index_hints``), which stay inside a number (``mathpe.pe.digits``).
         digit_fraction: fraction of the rotary pairs (the highest-frequency ones) that carry digit places.
     """
 
@@ -94,11 +95,12 @@ class MathematicalRoPE(DigitRunsMixin, RotaryEncoding):
         base: float = 10000.0,
         rotary_fraction: float = 1.0,
         digit_token_ids: list[int] | None = None,
+        hint_token_ids: list[int] | None = None,
         digit_fraction: float = 0.25,
     ) -> None:
         super().__init__(shape, base=base, rotary_fraction=rotary_fraction)
         self.digit_pairs = digit_pair_count(self.rotary_dim // 2, digit_fraction)
-        self.init_digit_runs(digit_token_ids)
+        self.init_digit_runs(digit_token_ids, hint_token_ids)
         self.register_buffer("inv_freq", rope_inverse_frequencies(self.rotary_dim, self.base))
         self.position_scale = nn.Parameter(torch.ones(()))
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from transformers import AutoTokenizer, ByT5Tokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from mathpe.data.tokenizer import ArithmeticTokenizer, digit_options, digit_token_ids
+from mathpe.data.tokenizer import ArithmeticTokenizer, digit_options, digit_token_ids, index_hint_token_ids
 from mathpe.errors import ModelLoadError
 from mathpe.model import MathPEForCausalLM, preset_config
 from mathpe.train.config import RunConfig
@@ -37,10 +37,12 @@ def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
 
 
 def resolved_pe_options(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> dict[str, Any]:
-    """The user's PE options, plus the tokenizer's digit ids for digit-aware PEs that were given none."""
+    """The user's PE options, plus the tokenizer's digit ids (and index-hint ids, with ``--index_hints``) for
+    digit-aware PEs that were given none."""
     options = dict(config.pe_options)
     if "digit_token_ids" not in options:
-        options.update(digit_options(config.pe, digit_token_ids(tokenizer)))
+        hints = index_hint_token_ids(tokenizer) if config.arithmetic.index_hints else ()
+        options.update(digit_options(config.pe, digit_token_ids(tokenizer), hints))
     return options
 
 
