@@ -51,11 +51,9 @@ def digit_run_lengths(
     digits_so_far = is_digit.long().cumsum(dim=1)
     # The last token outside a number at or before each token (-1: none in this chunk).
     last_break = torch.where(in_number, -1, index).cummax(dim=1).values
-    before_run = torch.where(last_break >= 0, digits_so_far.gather(1, last_break.clamp(min=0)), 0)
-    if carry is not None:
-        before_run = before_run - torch.where(
-            last_break < 0, carry.to(is_digit.device).long().unsqueeze(1), 0
-        )
+    # Digits before the run: counted up to its break, or minus the carried digits of a run still open.
+    open_run = 0 if carry is None else -carry.to(is_digit.device).long().unsqueeze(1)
+    before_run = torch.where(last_break >= 0, digits_so_far.gather(1, last_break.clamp(min=0)), open_run)
     return digits_so_far - before_run
 
 
