@@ -2,7 +2,11 @@
 
 One token per character over digits, operators ``+ - * / =``, space, parentheses, comma and period, plus
 ``<pad>``, ``<eos>`` (also the BOS token) and ``<unk>``; with ``index_hints=True`` also the index-hint letters
-(``mathpe.data.arithmetic.INDEX_HINTS``), appended after them so the other ids stay the same. It saves and loads
+(``mathpe.data.arithmetic.INDEX_HINTS``), appended after them so the other ids stay the same. With
+``fuse_hints=True`` instead, every hint letter and the digit after it are one token (``a3``; 520 tokens
+appended after the defaults): a digit's place is then in its own token, so attention can match digits of
+equal significance by content alone, which a model without positions (NoPE) cannot do with separate hint
+tokens (it cannot tell which hint a digit follows). The text is the same either way. It saves and loads
 with ``save_pretrained`` / ``from_pretrained`` and pads on the left by default, so ``generate``, ``Trainer`` and data collators work
 with it unchanged. Saved folders name it in tokenizer_config.json's ``auto_map``, so ``AutoTokenizer`` loads it
 with ``trust_remote_code=True`` (``mathpe.remote_code``).
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,15 +35,19 @@ DEFAULT_VOCAB: dict[str, int] = {
     token: index for index, token in enumerate([PAD_TOKEN, EOS_TOKEN, UNK_TOKEN, *DIGITS, *SYMBOLS])
 }
 VOCAB_FILE_NAME = "vocab.json"
+#: Fused index-hint tokens: a hint letter and one digit (``a3``), hint-major, digit-minor.
+FUSED_HINT_TOKENS: tuple[str, ...] = tuple(hint + digit for hint in INDEX_HINTS for digit in DIGITS)
+_HINT_DIGIT_OR_CHARACTER = re.compile(r"[A-Za-z][0-9]|.", re.DOTALL)
 #: Ids of the ten digits in the default vocabulary (3..12); the digit ids of random test and benchmark models.
 DIGIT_IDS: list[int] = [DEFAULT_VOCAB[digit] for digit in DIGITS]
 
 
 class ArithmeticTokenizer(PreTrainedTokenizer):
-    """One token per character; unknown characters map to ``<unk>``.
+    """One token per character, or per hint letter and digit where the vocabulary has that pair (``a3``);
+    unknown characters map to ``<unk>``.
 
-    ``index_hints`` adds the hint letters to the default vocabulary; a saved vocabulary (``vocab_file``) is
-    used as it is.
+    ``index_hints`` adds the hint letters to the default vocabulary, ``fuse_hints`` the hint-digit pairs
+    (``FUSED_HINT_TOKENS``); a saved vocabulary (``vocab_file``) is used as it is.
     """
 
     vocab_files_names = {"vocab_file": VOCAB_FILE_NAME}
@@ -53,15 +62,20 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
         bos_token: str = EOS_TOKEN,
         unk_token: str = UNK_TOKEN,
         index_hints: bool = False,
+        fuse_hints: bool = False,
         **kwargs: Any,
     ) -> None:
+        if index_hints and fuse_hints:
+            raise ValueError("index_hints and fuse_hints exclude each other: hint letters alone or fused")
         # The vocabulary must exist before the base constructor, which looks special tokens up in it.
         if vocab_file:
             self._token_to_id = _read_vocab(Path(vocab_file))
         else:
-            tokens = [*DEFAULT_VOCAB, *(INDEX_HINTS if index_hints else ())]
+            hints = INDEX_HINTS if index_hints else FUSED_HINT_TOKENS if fuse_hints else ()
+            tokens = [*DEFAULT_VOCAB, *hints]
             self._token_to_id = {token: index for index, token in enumerate(tokens)}
         self._id_to_token = {index: token for token, index in self._token_to_id.items()}
+        self._fused = any(token in self._token_to_id for token in FUSED_HINT_TOKENS)
         kwargs.setdefault("clean_up_tokenization_spaces", False)  # its cleanup would delete " ." and " ,"
         kwargs["auto_map"] = TOKENIZER_AUTO_MAP  # saved in tokenizer_config.json
         super().__init__(
@@ -82,11 +96,19 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
         """Ids of the tokens ``0`` to ``9``, in digit order."""
         return tuple(self._token_to_id[digit] for digit in DIGITS)
 
+    @property
+    def fused_hint_token_ids(self) -> list[int]:
+        """Ids of the fused hint-digit tokens in the vocabulary (``a3``), ascending; empty without them."""
+        return sorted(self._token_to_id[token] for token in FUSED_HINT_TOKENS if token in self._token_to_id)
+
     def get_vocab(self) -> dict[str, int]:
         return dict(self._token_to_id)
 
     def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
-        return list(text)
+        if not self._fused:
+            return list(text)
+        pieces = _HINT_DIGIT_OR_CHARACTER.findall(text)
+        return [token for piece in pieces for token in ([piece] if piece in self._token_to_id else piece)]
 
     def _convert_token_to_id(self, token: str) -> int:
         return self._token_to_id.get(token, self._token_to_id[str(self.unk_token)])
@@ -124,8 +146,14 @@ def digit_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     and the marker starts a new word: were ``Ġ34`` a digit, the two numbers of ``12 34`` (``12``, ``Ġ34``)
     would form one run. The cost: a number written after a space starts its run at its second token, if it
     has one. Tokenizers that split a number from the space before it (Llama 3's) lose nothing.
+
+    The character tokenizer's fused hint-digit tokens (``a3``, ``fuse_hints``) are digits too: each is one
+    digit of a number, its hint letter naming the place.
     """
-    return sorted(index for token, index in tokenizer.get_vocab().items() if _is_ascii_digits(token))
+    fused = getattr(tokenizer, "fused_hint_token_ids", [])
+    return sorted(
+        [index for token, index in tokenizer.get_vocab().items() if _is_ascii_digits(token)] + fused
+    )
 
 
 def index_hint_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:

@@ -76,7 +76,8 @@ class ArithmeticSettings:
     its own (``(1, 1)``: n-digit times one digit); the operand length of an evaluation set is then the
     first operand's. ``zero_pad`` pads operands to equal length and the answer to its longest; ``index_hints``
     puts a hint letter of its significance before every digit (Zhou et al. 2024; ``mathpe.data.arithmetic``),
-    graded on the digits alone.
+    graded on the digits alone; ``fuse_hints`` makes each hint and its digit one token of the arithmetic
+    tokenizer (``mathpe.data.tokenizer``), the text unchanged.
     """
 
     train_digits: tuple[int, int] = field(
@@ -115,6 +116,13 @@ class ArithmeticSettings:
         default=False,
         metadata={
             "help": "arithmetic: a hint letter of its significance before every digit (a3b2c1+a5b4=a8b6c1)"
+        },
+    )
+    fuse_hints: bool = field(
+        default=False,
+        metadata={
+            "help": "arithmetic, with --index_hints: each hint letter and its digit one token (a3), so digits "
+            "of equal place match by content, without positions"
         },
     )
 

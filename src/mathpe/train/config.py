@@ -327,6 +327,13 @@ class RunConfig:
             digits = getattr(self.arithmetic, name)
             if digits is not None:
                 check_digit_range(f"--{name} {digits[0]}-{digits[1]}", *digits)
+        if self.arithmetic.fuse_hints and not (
+            self.arithmetic.index_hints and self.is_preset and self.arithmetic_only
+        ):
+            raise ConfigError(
+                "--fuse_hints needs --index_hints, arithmetic datasets only and a preset model (it fuses the "
+                "hints into tokens of mathpe's arithmetic tokenizer)"
+            )
         if self.arithmetic.fmt not in ANSWER_FORMATS:
             raise ConfigError(f"--format {self.arithmetic.fmt!r} is not one of: {', '.join(ANSWER_FORMATS)}")
         return self

@@ -25,7 +25,10 @@ def build_tokenizer(config: RunConfig) -> PreTrainedTokenizerBase:
     """
     if config.is_preset:
         if config.arithmetic_only:
-            return ArithmeticTokenizer(padding_side="left", index_hints=config.arithmetic.index_hints)
+            fuse = config.arithmetic.fuse_hints
+            return ArithmeticTokenizer(
+                padding_side="left", index_hints=config.arithmetic.index_hints and not fuse, fuse_hints=fuse
+            )
         return ByT5Tokenizer(padding_side="left")
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.model_size, padding_side="left")
