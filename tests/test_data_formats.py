@@ -43,7 +43,7 @@ def test_each_digit_follows_the_hint_of_its_significance():
     assert (shifted.prompt, shifted.answer) == ("d5e9+d7=", "d2e0f1")
 
 
-def test_training_hints_start_anywhere_so_every_hint_is_trained_and_eval_starts_at_a():
+def test_hints_start_anywhere_in_training_and_evaluation():
     train = generate_examples(
         ArithmeticTask("add", 1, 3, reverse_operands=True, index_hints=True), 3000, seed=0
     )
@@ -53,8 +53,16 @@ def test_training_hints_start_anywhere_so_every_hint_is_trained_and_eval_starts_
     assert used == set(INDEX_HINTS)
     for example in train[:200]:
         assert len(set(hint_starts(example.text))) == 1  # operands and answer share the start
-    for examples in length_eval_sets(REVERSED, [1, 5, 20], n_per_length=20).values():
-        assert all(set(hint_starts(example.text)) == {0} for example in examples)
+    sets = length_eval_sets(REVERSED, [1, 5, 20], n_per_length=200)
+    for length, examples in sets.items():
+        last_start = len(INDEX_HINTS) - length  # a later start leaves no hint for the last digit
+        starts = [start for example in examples for start in set(hint_starts(example.text))]
+        assert len(starts) == len(examples)  # operands and answer share the start
+        assert min(starts) <= 3 and last_start - 4 <= max(starts) <= last_start
+    # The same problems as without hints, and the same hints for the same seed.
+    plain = length_eval_sets(ArithmeticTask("add", 1, 8, reverse_operands=True), [5], n_per_length=200)
+    assert [example.key for example in plain[5]] == [example.key for example in sets[5]]
+    assert [e.text for e in length_eval_sets(REVERSED, [5], 200)[5]] == [e.text for e in sets[5]]
 
 
 def test_hints_change_the_text_not_the_problems():
@@ -106,7 +114,7 @@ def test_task_and_cli_carry_the_format():
         arithmetic=ArithmeticSettings(train_digits=(1, 4), eval_lengths=(2, 6), index_hints=True),
     )
     assert all(PAIR.match(answer) for _, answer in task.train_pairs)
-    assert all(item.prompt.startswith("a") and item.reference.startswith("a") for item in task.eval_items)
+    assert all(PAIR.match(item.prompt) and PAIR.match(item.reference) for item in task.eval_items)
     item = task.eval_items[0]
     assert task.grade(item.reference, item.reference)["exact_match"]
     assert task.max_new_tokens >= max(len(item.reference) for item in task.eval_items)
@@ -115,6 +123,8 @@ def test_task_and_cli_carry_the_format():
     assert run_config_from(args, "rope").arithmetic.index_hints
     args = parser.parse_args(["train", "--datasets", "addition"])
     assert not run_config_from(args, "rope").arithmetic.index_hints
+    args = parser.parse_args(["train", "--index_hints", "--fuse_hints", "--datasets", "addition"])
+    assert run_config_from(args, "rope").arithmetic.fuse_hints
 
 
 def test_zero_pad_flag_pads_operands_and_answers() -> None:

@@ -13,8 +13,10 @@ second operand a digit range of its own (``second_digits=(1, 1)``: an n-digit nu
 Index hints (Zhou et al. 2024, arXiv 2402.09371): with ``index_hints`` every digit is preceded by a hint
 letter naming its significance (``"a3b2c1+a5b4=a8b6c1"`` for 123 + 45 reversed), so digits of equal place
 value can be matched by content. The hints of an example are consecutive letters of ``INDEX_HINTS`` from a
-start drawn uniformly in training (every hint up to the alphabet's end gets trained, so longer test numbers
-find trained hints) and fixed at the first letter in evaluation.
+start drawn uniformly among those that keep its hints inside the alphabet (every hint up to the alphabet's
+end gets trained, so longer test numbers find trained hints). Evaluation problems draw their starts the same
+way, from a generator of their own: a fixed first letter would test the hints training sees least (``a``
+only starts a number, so only one start in ~45 trains it).
 
 Evaluation sets are built per operand length (both operands exactly that long, or the first that long and
 the second drawn from ``second_digits``) and generated before the training set, which excludes every
@@ -186,7 +188,7 @@ def generate_examples(
     lengths, second_lengths = range(task.min_digits, task.max_digits + 1), task.second_lengths()
     return [
         _draw_example(
-            task, rng, lambda rng: (rng.choice(lengths), rng.choice(second_lengths)), exclude, hint_rng
+            task, rng, lambda rng: (rng.choice(lengths), rng.choice(second_lengths)), hint_rng, exclude
         )
         for _ in range(n)
     ]
@@ -206,8 +208,14 @@ def length_eval_sets(
         if length < 1:
             raise ValueError(f"operand length {length} must be >= 1")
         rng = random.Random(f"{seed}:{task.op}:eval:{length}")
+        hint_rng = random.Random(f"{seed}:{task.op}:eval:{length}:hints")
         sets[length] = [
-            _draw_example(task, rng, lambda rng, length=length: (length, _second_length(task, rng, length)))
+            _draw_example(
+                task,
+                rng,
+                lambda rng, length=length: (length, _second_length(task, rng, length)),
+                hint_rng,
+            )
             for _ in range(n_per_length)
         ]
     return sets
@@ -231,18 +239,18 @@ def _draw_example(
     task: ArithmeticTask,
     rng: random.Random,
     draw_lengths: Callable[[random.Random], tuple[int, int]],
+    hint_rng: random.Random,
     exclude: Collection[ProblemKey] = frozenset(),
-    hint_rng: random.Random | None = None,
 ) -> Example:
-    """A problem drawn with ``draw_lengths`` and not in ``exclude``. With the task's index hints and a
-    ``hint_rng`` (training), the hint start is uniform over the starts that keep the example's hints within
-    ``INDEX_HINTS``; without ``hint_rng`` (evaluation) it is 0."""
+    """A problem drawn with ``draw_lengths`` and not in ``exclude``. With the task's index hints, the hint
+    start is drawn with ``hint_rng``, uniform over the starts that keep the example's hints within
+    ``INDEX_HINTS``."""
     for _ in range(MAX_REJECTIONS):
         a, b = (_uniform_with_digits(rng, length) for length in draw_lengths(rng))
         if task.op == "sub" and a < b:
             a, b = b, a
         if (a, task.symbol, b) not in exclude:
-            if not (task.index_hints and hint_rng is not None):
+            if not task.index_hints:
                 return format_example(task, a, b)
             last_start = len(INDEX_HINTS) - _longest_number(task, a, b)
             return format_example(task, a, b, hint_rng.randrange(max(last_start, 0) + 1))
