@@ -40,6 +40,19 @@ def test_sinusoidal_table_matches_vaswani() -> None:
             assert table[row, i + 1].item() == pytest.approx(math.cos(angle), abs=1e-4)
 
 
+def test_sinusoidal_starts_at_the_token_embeddings_scale() -> None:
+    """The table times ``init_scale`` (default 0.02): entries of RMS 0.02 / sqrt(2), beside std-0.02 tokens."""
+    positions = torch.arange(MAX_POSITION)[None]
+    table = sinusoidal_table(positions, HIDDEN)
+    torch.testing.assert_close(build("sinusoidal").embed(positions), table * 0.02)
+    torch.testing.assert_close(build("sinusoidal", init_scale=1.5).embed(positions), table * 1.5)
+    rms = build("sinusoidal").embed(positions).pow(2).mean().sqrt().item()
+    assert rms == pytest.approx(0.02 / math.sqrt(2), rel=0.01)
+    for bad in (0, -0.1, True, "1"):
+        with pytest.raises(ValueError, match=rf"init_scale must be a number > 0, got {bad!r}"):
+            build("sinusoidal", init_scale=bad)
+
+
 # --- learned --------------------------------------------------------------------------------------------------
 
 

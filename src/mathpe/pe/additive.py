@@ -36,11 +36,19 @@ class AdditiveEncoding(PositionalEncoding):
 
 @register("sinusoidal")
 class Sinusoidal(AdditiveEncoding):
-    """Fixed sinusoidal absolute encoding (Vaswani et al. 2017), times a learnable scale initialised to 1."""
+    """Fixed sinusoidal absolute encoding (Vaswani et al. 2017), times a learnable scale.
 
-    def __init__(self, shape: PEShape, /) -> None:
+    The scale starts at ``init_scale``, the token embeddings' init std (0.02 in mathpe's decoder and GPT-2
+    style models), so position and content enter in the ratio Vaswani et al. have: their token embeddings
+    reach std 1 (init std d^-1/2, times sqrt(d)) beside table entries of RMS 1/sqrt(2). A scale of 1 beside
+    std-0.02 embeddings drowns the tokens 35 to 1 and tiny models do not learn arithmetic at all.
+    """
+
+    def __init__(self, shape: PEShape, /, *, init_scale: float = 0.02) -> None:
         super().__init__(shape)
-        self.scale = nn.Parameter(torch.ones(()))
+        if isinstance(init_scale, bool) or not isinstance(init_scale, int | float) or not init_scale > 0:
+            raise ConfigError(f"init_scale must be a number > 0, got {init_scale!r}")
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
 
     def embed(
         self, position_ids: torch.Tensor, input_ids: torch.Tensor | None = None, **extra: torch.Tensor
