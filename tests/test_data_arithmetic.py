@@ -32,6 +32,12 @@ def test_reversed_operands_and_zero_padding() -> None:
     assert example.answer == "8610"  # 0168 reversed: add results have up to n+1 digits
     assert format_example(ArithmeticTask("mul", fmt="plain", zero_pad=True), 12, 3).answer == "0036"
     assert format_example(ArithmeticTask("sub", fmt="plain", zero_pad=True), 12, 3).answer == "09"
+    # n-digit x 1-digit: the multiplier stays one digit, the product n + 1 digits (not 2n).
+    by_digit = ArithmeticTask("mul", fmt="plain", zero_pad=True, second_digits=(1, 1))
+    assert format_example(by_digit, 123, 3).text == "123*3=0369"
+    by_two = ArithmeticTask("mul", fmt="plain", zero_pad=True, second_digits=(1, 2))
+    assert format_example(by_two, 123, 3).text == "123*03=00369"
+    assert format_example(by_two, 5, 42).text == "05*42=0210"
 
 
 @pytest.mark.parametrize("op", ["add", "sub", "mul"])

@@ -57,7 +57,8 @@ class ArithmeticTask:
     ``fmt="reversed"`` writes the answer least significant digit first (Lee et al. 2023);
     ``reverse_operands`` reverses the operands too; ``zero_pad`` pads both operands to the longer one's
     length and the answer to the longest result that length allows (n+1 digits for ``add``, n for ``sub``,
-    2n for ``mul``), so digits of equal significance line up. ``second_digits`` is the second operand's
+    2n for ``mul``), so digits of equal significance line up; with ``second_digits``, the second operand is
+    padded to its range's longest instead and a product to n + that many digits. ``second_digits`` is the second operand's
     digit range when it differs from the first's (None: the same range). ``index_hints`` puts a hint letter
     of the digit's significance before every digit (module docstring).
     """
@@ -160,10 +161,10 @@ def format_example(task: ArithmeticTask, a: int, b: int, hint_start: int = 0) ->
         raise ValueError(f"hint_start must be >= 0, got {hint_start}")
     result = compute(task.op, a, b)
     operand_digits = max(len(str(a)), len(str(b)))
-    operand_width = operand_digits if task.zero_pad else 0
-    answer_width = _max_result_digits(task.op, operand_digits) if task.zero_pad else 0
+    widths = _padded_widths(task, a, b) if task.zero_pad else (0, 0)
+    answer_width = _max_result_digits(task.op, *widths) if task.zero_pad else 0
     hints = hint_start if task.index_hints else None
-    left, right = (_write_number(n, operand_width, task.reverse_operands, hints) for n in (a, b))
+    left, right = (_write_number(n, width, task.reverse_operands, hints) for n, width in zip((a, b), widths))
     prompt = f"{left}{task.symbol}{right}="
     answer = _write_number(result, answer_width, task.fmt == "reversed", hints)
     return Example(prompt, answer, operand_digits, a, b, result, task.op)
@@ -270,15 +271,25 @@ def _uniform_with_digits(rng: random.Random, digits: int) -> int:
     return rng.randrange(low, 10**digits)
 
 
-def _max_result_digits(op: Operation, operand_digits: int) -> int:
-    return {"add": operand_digits + 1, "sub": operand_digits, "mul": 2 * operand_digits}[op]
+def _padded_widths(task: ArithmeticTask, a: int, b: int) -> tuple[int, int]:
+    """The zero-padded operands' digit counts: the longer one's for both, or with ``second_digits`` the
+    first's own and the second range's longest."""
+    if task.second_digits is None:
+        return (max(len(str(a)), len(str(b))),) * 2
+    return max(len(str(a)), len(str(b))), task.second_digits[1]
+
+
+def _max_result_digits(op: Operation, first_digits: int, second_digits: int) -> int:
+    """The longest result of operands of ``first_digits`` and ``second_digits`` digits."""
+    longer = max(first_digits, second_digits)
+    return {"add": longer + 1, "sub": longer, "mul": first_digits + second_digits}[op]
 
 
 def _longest_number(task: ArithmeticTask, a: int, b: int) -> int:
     """Digits of the longest number ``format_example`` writes for ``a op b`` (operands and answer)."""
-    operand_digits = max(len(str(a)), len(str(b)))
-    padded_answer = _max_result_digits(task.op, operand_digits) if task.zero_pad else 0
-    return max(operand_digits, len(str(compute(task.op, a, b))), padded_answer)
+    widths = _padded_widths(task, a, b) if task.zero_pad else (len(str(a)), len(str(b)))
+    padded_answer = _max_result_digits(task.op, *widths) if task.zero_pad else 0
+    return max(*widths, len(str(compute(task.op, a, b))), padded_answer)
 
 
 def _write_number(number: int, width: int, reverse: bool, hint_start: int | None = None) -> str:
