@@ -326,6 +326,10 @@ def test_every_compare_preset_builds_valid_runs(preset):
     )
     lengths = [item.group for item in task.eval_items]
     assert sorted(set(lengths)) == sorted(arguments["eval_lengths"])
-    if preset == "multiplication-length":  # n-digit x 1-digit, n up to 24 in evaluation
-        assert all(len(prompt.split("*")[1]) == 2 for prompt, _ in task.train_pairs)  # one digit and "="
-        assert max(len(item.prompt.split("*")[0]) for item in task.eval_items) == 24
+    if preset == "multiplication-length":  # n-digit x 1-digit, n up to 32 in evaluation
+
+        def digits(text: str) -> int:
+            return sum(character.isdigit() for character in text)
+
+        assert all(digits(prompt.split("*")[1]) == 1 for prompt, _ in task.train_pairs)
+        assert max(digits(item.prompt.split("*")[0]) for item in task.eval_items) == 32
