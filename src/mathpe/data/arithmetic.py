@@ -164,7 +164,9 @@ def format_example(task: ArithmeticTask, a: int, b: int, hint_start: int = 0) ->
     widths = _padded_widths(task, a, b) if task.zero_pad else (0, 0)
     answer_width = _max_result_digits(task.op, *widths) if task.zero_pad else 0
     hints = hint_start if task.index_hints else None
-    left, right = (_write_number(n, width, task.reverse_operands, hints) for n, width in zip((a, b), widths))
+    left, right = (
+        _write_number(n, width, task.reverse_operands, hints) for n, width in zip((a, b), widths, strict=True)
+    )
     prompt = f"{left}{task.symbol}{right}="
     answer = _write_number(result, answer_width, task.fmt == "reversed", hints)
     return Example(prompt, answer, operand_digits, a, b, result, task.op)
