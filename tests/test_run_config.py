@@ -40,6 +40,7 @@ NON_DEFAULT: dict[str, tuple[Any, list[str]]] = {
     "zero_pad": (True, ["--zero_pad"]),
     "eval_per_length": (12, ["--eval_per_length", "12"]),
     "index_hints": (True, ["--index_hints"]),
+    "fuse_hints": (True, ["--fuse_hints"]),
     "batch_size": (4, ["--batch_size", "4"]),
     "max_steps": (9, ["--max_steps", "9"]),
     "epochs": (2.5, ["--epochs", "2.5"]),
@@ -72,7 +73,11 @@ EXCLUDES = {
     "group_by_length": "curriculum_steps",
 }
 #: What a flag needs besides itself to make a valid config.
-NEEDS = {"pe_options": ["--pe", "abacus"], "eval_offsets": ["--pe", "abacus"]}
+NEEDS = {
+    "pe_options": ["--pe", "abacus"],
+    "eval_offsets": ["--pe", "abacus"],
+    "fuse_hints": ["--index_hints"],
+}
 #: A run that ends in seconds, should a check below let it start.
 SMALL_RUN = ["--train_samples", "8", "--max_steps", "1", "--eval_samples", "1", "--threads", "1", "--quiet"]
 ARITHMETIC = {field.name for field in dataclasses.fields(ArithmeticSettings)}
@@ -120,7 +125,10 @@ def test_every_setting_has_a_flag_that_sets_it(name):
     args = parser.parse_args(["train", *NEEDS.get(name, []), *flags])
     settings = flat(run_config_from(args, args.pe))
     changed = {key for key in settings if settings[key] != default[key]}
-    also = {"pe"} if name in NEEDS else {"reverse_operands"} if name == "fmt" else set()  # plain: as read
+    needs = parser.parse_args(["train", *NEEDS.get(name, [])])
+    needed = flat(run_config_from(needs, needs.pe))
+    also = {key for key in needed if needed[key] != default[key]}  # what the needed flags set
+    also |= {"reverse_operands"} if name == "fmt" else set()  # plain: as read
     assert changed == {name} | also
     assert settings[name] == value
 
