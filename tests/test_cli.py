@@ -313,6 +313,23 @@ def test_eval_again_evaluates_the_best_checkpoint_too_even_after_the_run_folder_
     assert "best_checkpoint" not in json.loads((moved / "metrics.json").read_text())
 
 
+def test_a_presets_switches_can_be_turned_off_and_on():
+    arguments = COMPARE_PRESETS["addition-length"].arguments
+    assert arguments["zero_pad"] and arguments["fuse_hints"]
+    parser = build_parser(arguments)
+    args = parser.parse_args(["compare", "--preset", "addition-length", "--no_fuse_hints", "--no_zero_pad"])
+    config = run_config_from(args, "nope")
+    assert (config.arithmetic.zero_pad, config.arithmetic.index_hints, config.arithmetic.fuse_hints) == (
+        False,
+        True,
+        False,
+    )
+    # A default-True switch turns back on; the last switch given wins.
+    args = build_parser().parse_args(["train", "--no_reverse_operands", "--reverse_operands"])
+    assert run_config_from(args, "rope").arithmetic.reverse_operands
+    assert not build_parser().parse_args(["train", "--zero_pad", "--no_zero_pad"]).zero_pad
+
+
 @pytest.mark.parametrize("preset", sorted(COMPARE_PRESETS))
 def test_every_compare_preset_builds_valid_runs(preset):
     """A preset's settings parse and validate for each of its PEs; its tasks build (small samples)."""

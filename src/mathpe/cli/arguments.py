@@ -1,10 +1,10 @@
 """Command-line flags generated from a settings dataclass, and the dataclass built back from parsed flags.
 
 Each field becomes ``--<name>`` (or ``--<metadata["flag"]>``) with the field's default and
-``metadata["help"]``; a bool field is a switch (``--name``, or ``--no_name`` when it defaults to True); a
-field with ``metadata["parse"]`` takes text that this function turns into the value (comma lists, digit
-ranges, JSON); a nested dataclass field contributes its own fields' flags. ``metadata["group"]`` names the
-``--help`` section.
+``metadata["help"]``; a bool field is a pair of switches (``--name`` and ``--no_name``; the one away from the
+default is documented, the other overrides a preset); a field with ``metadata["parse"]`` takes text that
+this function turns into the value (comma lists, digit ranges, JSON); a nested dataclass field contributes
+its own fields' flags. ``metadata["group"]`` names the ``--help`` section.
 
 Why not transformers' ``HfArgumentParser`` (which ``mathpe pretrain`` and ``swap-study`` use): it calls a
 field's annotation on the text, so ``tuple[str, ...]`` from ``"gsm8k,math"`` would be a tuple of characters
@@ -88,9 +88,19 @@ def add_dataclass_arguments(
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
         flag = field.metadata.get("flag", field.name)
         options: dict[str, Any] = {"dest": field.name, "help": field.metadata.get("help")}
-        if hints[field.name] is bool:
-            switch = f"--no_{flag}" if default else f"--{flag}"
-            target.add_argument(switch, action="store_false" if default else "store_true", **options)
+        if hints[field.name] is bool:  # both switches, so a preset's value can be overridden either way
+            away, back = (f"--no_{flag}", f"--{flag}") if default else (f"--{flag}", f"--no_{flag}")
+            if options["help"]:
+                options["help"] += f" ({back}: the opposite, e.g. over a preset)"
+            target.add_argument(
+                away, action="store_false" if default else "store_true", default=default, **options
+            )
+            target.add_argument(
+                back,
+                action="store_true" if default else "store_false",
+                dest=field.name,
+                help=argparse.SUPPRESS,
+            )
         else:  # a ``parse`` field's text is converted by ``dataclass_from_args``: one-line ConfigErrors
             kind = str if "parse" in field.metadata else _scalar_type(hints[field.name])
             target.add_argument(f"--{flag}", type=kind, default=default, metavar=flag.upper(), **options)
