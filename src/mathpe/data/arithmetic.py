@@ -58,9 +58,9 @@ class ArithmeticTask:
     ``reverse_operands`` reverses the operands too; ``zero_pad`` pads both operands to the longer one's
     length and the answer to the longest result that length allows (n+1 digits for ``add``, n for ``sub``,
     2n for ``mul``), so digits of equal significance line up; with ``second_digits``, the second operand is
-    padded to its range's longest instead and a product to n + that many digits. ``second_digits`` is the second operand's
-    digit range when it differs from the first's (None: the same range). ``index_hints`` puts a hint letter
-    of the digit's significance before every digit (module docstring).
+    padded to its range's longest instead and a product to n + that many digits. ``second_digits`` is the
+    second operand's digit range when it differs from the first's (None: the same range). ``index_hints``
+    puts a hint letter of the digit's significance before every digit (module docstring).
     """
 
     op: Operation
@@ -276,9 +276,8 @@ def _uniform_with_digits(rng: random.Random, digits: int) -> int:
 def _padded_widths(task: ArithmeticTask, a: int, b: int) -> tuple[int, int]:
     """The zero-padded operands' digit counts: the longer one's for both, or with ``second_digits`` the
     first's own and the second range's longest."""
-    if task.second_digits is None:
-        return (max(len(str(a)), len(str(b))),) * 2
-    return max(len(str(a)), len(str(b))), task.second_digits[1]
+    longer = max(len(str(a)), len(str(b)))
+    return (longer, longer if task.second_digits is None else task.second_digits[1])
 
 
 def _max_result_digits(op: Operation, first_digits: int, second_digits: int) -> int:
