@@ -75,7 +75,7 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
             tokens = [*DEFAULT_VOCAB, *hints]
             self._token_to_id = {token: index for index, token in enumerate(tokens)}
         self._id_to_token = {index: token for token, index in self._token_to_id.items()}
-        self._fused = any(token in self._token_to_id for token in FUSED_HINT_TOKENS)
+        self._fused_ids = sorted(self._token_to_id[t] for t in FUSED_HINT_TOKENS if t in self._token_to_id)
         kwargs.setdefault("clean_up_tokenization_spaces", False)  # its cleanup would delete " ." and " ,"
         kwargs["auto_map"] = TOKENIZER_AUTO_MAP  # saved in tokenizer_config.json
         super().__init__(
@@ -99,13 +99,13 @@ class ArithmeticTokenizer(PreTrainedTokenizer):
     @property
     def fused_hint_token_ids(self) -> list[int]:
         """Ids of the fused hint-digit tokens in the vocabulary (``a3``), ascending; empty without them."""
-        return sorted(self._token_to_id[token] for token in FUSED_HINT_TOKENS if token in self._token_to_id)
+        return list(self._fused_ids)
 
     def get_vocab(self) -> dict[str, int]:
         return dict(self._token_to_id)
 
     def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
-        if not self._fused:
+        if not self._fused_ids:
             return list(text)
         pieces = _HINT_DIGIT_OR_CHARACTER.findall(text)
         return [token for piece in pieces for token in ([piece] if piece in self._token_to_id else piece)]
