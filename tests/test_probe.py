@@ -64,6 +64,18 @@ def test_history_steps_are_the_multiples_of_probe_steps_and_the_last(scripted_sc
     assert [(item.prompt, item.reference) for item in seen[0].eval_items] == task.validation_pairs[:20]
 
 
+def test_each_probe_is_logged_as_it_is_taken(scripted_scores, caplog):
+    scores, _ = scripted_scores
+    scores += [0.25, 0.955]
+    callback = ProbeCallback(2, types.SimpleNamespace(padding_side="right"), [small_task()])
+    with caplog.at_level("INFO", logger=trainer_module.__name__):
+        run_steps(callback, 4, torch.nn.Linear(1, 1))
+    assert [record.getMessage() for record in caplog.records] == [
+        "probe at step 2: 25.0% exact match in distribution",
+        "probe at step 4: 95.5% exact match in distribution",
+    ]
+
+
 def test_steps_to_95_counts_exactly_95_percent_and_averages_the_tasks(scripted_scores):
     scores, _ = scripted_scores
     scores += [0.9, 0.5, 1.0, 0.9, 0.95, 0.94]  # addition, multiplication at each of steps 2, 4, 5

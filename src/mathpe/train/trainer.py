@@ -168,9 +168,10 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     Scores the first ``items`` validation pairs of each task (``Task.on_validation_pairs``) with the task's
     grader through ``evaluate_task``, on the main process only, and records ``history``: ``[step, score]``
-    pairs, the score being the mean over tasks of the headline metric. ``first_step_at(0.95)`` is the run's
-    learning speed. Greedy generation draws no random numbers, and the model's train mode and the
-    tokenizer's padding side are put back, so probing leaves training as it was.
+    pairs, the score being the mean over tasks of the headline metric, each also logged (INFO) as it is
+    taken. ``first_step_at(0.95)`` is the run's learning speed. Greedy generation draws no random numbers,
+    and the model's train mode and the tokenizer's padding side are put back, so probing leaves training
+    as it was.
 
     The history is saved in checkpoints as ``TrainerState.stateful_callbacks`` (``state()``) and read back
     in ``on_train_begin``, when ``--resume`` has loaded that state: a resumed run's history is an
@@ -220,7 +221,11 @@ class ProbeCallback(TrainerCallback, ExportableState):
         # time-budget stop (``TimeBudgetCallback``, when it is listed before this callback).
         last = control.should_training_stop
         if state.is_world_process_zero and (state.global_step % self.every == 0 or last):
-            self.history.append([state.global_step, self.score(model)])
+            score = self.score(model)
+            self.history.append([state.global_step, score])
+            logger.info(
+                "probe at step %d: %.1f%% exact match in distribution", state.global_step, 100 * score
+            )
 
     def score(self, model: PreTrainedModel) -> float:
         """Mean over the tasks of the headline metric on their held-out problems; ``model`` is left as found."""
