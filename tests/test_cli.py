@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,10 +16,13 @@ import torch
 from safetensors.torch import load_file
 from transformers import ByT5Tokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
+import mathpe.train.run as run_module
 from mathpe.cli.main import build_parser, main, run_config_from
 from mathpe.data import FIXTURES_DIR
-from mathpe.eval.tasks import build_task
+from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.train.compare import COMPARE_PRESETS
+from mathpe.train.config import RunConfig
+from mathpe.train.setup import build_model, build_tokenizer
 from pause_at_step import PAUSED_LINE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,6 +294,38 @@ def test_compare_writes_one_table_and_one_plot(tmp_path, capsys):
     again = json.loads((tmp_path / "comparison.json").read_text())["pes"]["rope"]["addition"]
     assert again["per_seed"] == rope["per_seed"][:1]
     assert "(1 runs read back from earlier, not timed)" in (tmp_path / "comparison.md").read_text()
+
+
+def test_a_best_checkpoint_at_the_last_step_is_the_final_model_and_is_not_evaluated_again(
+    tmp_path, monkeypatch
+):
+    loaded = []
+    real_load = run_module.load_saved_model
+    monkeypatch.setattr(
+        run_module, "load_saved_model", lambda path, config: loaded.append(path) or real_load(path, config)
+    )
+    config = RunConfig(pe="rope", model_size="tiny", arithmetic=ArithmeticSettings(train_digits=(1, 2), eval_lengths=(1, 2)),
+                       eval_samples=2, select_best=True)  # fmt: skip
+    tokenizer = build_tokenizer(config)
+    tasks = run_module.build_tasks(config)
+    run_dir = tmp_path / "run"
+    for step in (2, 4):
+        build_model(config, tokenizer).save_pretrained(run_dir / f"checkpoint-{step}")
+    last = run_module.evaluate_checkpoint(config, tokenizer, tasks, run_dir / "checkpoint-4", validation_loss=0.5,
+                                          device=torch.device("cpu"), final_step=4)  # fmt: skip
+    assert last == {"checkpoint": str(run_dir / "checkpoint-4"), "validation_loss": 0.5} and loaded == []
+    earlier = run_module.evaluate_checkpoint(config, tokenizer, tasks, run_dir / "checkpoint-2", validation_loss=0.7,
+                                             device=torch.device("cpu"), final_step=4)  # fmt: skip
+    assert loaded == [run_dir / "checkpoint-2"] and earlier["datasets"]["addition"]["n"] == 2 * 2
+
+    # The run's metrics.json gives the last-step checkpoint the final model's metrics.
+    train_stats = {"steps": 4, "best_checkpoint": str(run_dir / "checkpoint-4")}
+    config = dataclasses.replace(config, output_dir=str(run_dir))
+    result = run_module.evaluate_and_report(config, build_model(config, tokenizer), tokenizer, tasks, train_stats,
+                                            best=last, progress=False)  # fmt: skip
+    written = json.loads((run_dir / "metrics.json").read_text())
+    assert written["best_checkpoint"] == {**last, "datasets": written["datasets"]}
+    assert result.best == {**last, "datasets": result.metrics}
 
 
 def test_eval_again_evaluates_the_best_checkpoint_too_even_after_the_run_folder_moved(tmp_path, caplog):

@@ -87,6 +87,7 @@ def evaluate_saved_run(
                 checkpoint,
                 validation_loss=previous["best_checkpoint"]["validation_loss"],
                 device=model.device,
+                final_step=previous.get("train", {}).get("steps"),
             )
         else:
             logger.warning(

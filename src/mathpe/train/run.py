@@ -39,6 +39,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import mathpe
 from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
@@ -122,6 +123,7 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
             train_stats["best_checkpoint"],
             validation_loss=train_stats["best_validation_loss"],
             device=trained.device,
+            final_step=train_stats["steps"],
         )
     return evaluate_and_report(config, trained, tokenizer, tasks, train_stats, best=best, progress=progress)
 
@@ -228,12 +230,20 @@ def evaluate_checkpoint(
     *,
     validation_loss: float | None,
     device: torch.device,
+    final_step: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a saved checkpoint on every task: the ``best_checkpoint`` entry of metrics.json."""
+    """Metrics of a saved checkpoint on every task: the ``best_checkpoint`` entry of metrics.json.
+
+    The checkpoint of ``final_step`` (the run's last step) holds the final model's weights, so it is not
+    evaluated a second time: its entry has no ``datasets``, which ``evaluate_and_report`` fills in with the
+    final model's metrics (greedy evaluation is deterministic, so they are the same numbers).
+    """
+    entry = {"checkpoint": str(checkpoint), "validation_loss": validation_loss}
+    if final_step is not None and Path(checkpoint).name == f"{PREFIX_CHECKPOINT_DIR}-{final_step}":
+        return entry
     model = load_saved_model(checkpoint, config).to(device)
     return {
-        "checkpoint": str(checkpoint),
-        "validation_loss": validation_loss,
+        **entry,
         "datasets": {
             task.name: evaluate_task(
                 model, tokenizer, task, batch_size=config.eval_batch_size, eval_offsets=config.eval_offsets
@@ -460,7 +470,8 @@ def evaluate_and_report(
 ) -> RunResult:
     """Evaluate every task by generation and write metrics, predictions, report and plot.
 
-    ``best``: the best checkpoint's evaluation (``--select_best``), stored beside the final model's.
+    ``best``: the best checkpoint's evaluation (``--select_best``), stored beside the final model's; without
+    ``datasets`` when that checkpoint is the final model (``evaluate_checkpoint``).
     """
     run_dir = config.run_dir
     metrics, predictions = {}, []
@@ -480,6 +491,8 @@ def evaluate_and_report(
     summary = {"train": train_stats, "eval_seconds": eval_seconds, "datasets": metrics}
     if config.eval_offsets:
         summary["eval_offsets"] = list(config.eval_offsets)
+    if best is not None and "datasets" not in best:  # the best checkpoint is the final model
+        best = {**best, "datasets": metrics}
     write_json(run_dir / "metrics.json", summary if best is None else {**summary, "best_checkpoint": best})
     write_predictions(run_dir / "predictions.jsonl", predictions)
     settings = {
