@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoTokenizer
 
+import mathpe.eval.evaluate
 from mathpe.data.arithmetic import ArithmeticTask, format_example, generate_examples
 from mathpe.data.tokenizer import (
     DEFAULT_VOCAB,
@@ -15,7 +18,8 @@ from mathpe.data.tokenizer import (
     index_hint_token_ids,
 )
 from mathpe.errors import ConfigError
-from mathpe.eval.tasks import ArithmeticSettings
+from mathpe.eval.evaluate import evaluate_task
+from mathpe.eval.tasks import ArithmeticSettings, build_task
 from mathpe.pe import PEShape, build_pe
 from mathpe.train.config import RunConfig
 from mathpe.train.setup import build_tokenizer, resolved_pe_options
@@ -56,6 +60,28 @@ def test_examples_round_trip_with_half_the_tokens(tmp_path):
         assert len(ids) == len(example.text) - digits  # one token per hint-digit pair, one per symbol
         assert FUSED.decode(ids) == example.text
         assert loaded(example.text, add_special_tokens=False)["input_ids"] == ids
+
+
+def test_the_generation_budget_counts_the_answers_in_the_models_tokens(monkeypatch):
+    settings = ArithmeticSettings(
+        train_digits=(1, 8), eval_lengths=(4, 32), zero_pad=True, index_hints=True, fuse_hints=True
+    )
+    task = build_task("addition", seed=0, train_samples=4, eval_samples=3, arithmetic=settings)
+    # The longest answer has 33 digits, each after its hint letter: 66 characters, 33 fused tokens.
+    assert max(len(item.reference) for item in task.eval_items) == 66 and task.max_new_tokens == 66 + 2
+    assert task.generation_budget(FUSED) == 33 + 2
+    assert task.generation_budget(ArithmeticTokenizer(index_hints=True)) == 66 + 2
+    assert dataclasses.replace(task, answer_margin=None).generation_budget(FUSED) == 66 + 2
+    budgets = []
+
+    def fake_generate(model, tokenizer, prompts, *, max_new_tokens, **options):
+        budgets.append(max_new_tokens)
+        return [""] * len(prompts)
+
+    monkeypatch.setattr(mathpe.eval.evaluate, "generate_completions", fake_generate)
+    evaluate_task(None, FUSED, task)
+    evaluate_task(None, FUSED, task.on_validation_pairs(5))  # the probe: 1-8 digit answers, hints fused
+    assert budgets == [35, max(len(tokens(FUSED, target)) for _, target in task.validation_pairs[:5]) + 2]
 
 
 def test_fused_tokens_are_digits_and_no_hint_letters_remain():

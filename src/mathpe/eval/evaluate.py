@@ -117,7 +117,7 @@ def evaluate_task(
     """
     prompts = [item.prompt for item in task.eval_items]
     options = {
-        "max_new_tokens": task.max_new_tokens,
+        "max_new_tokens": task.generation_budget(tokenizer),
         "batch_size": batch_size,
         "stop": task.stop,
         "progress": progress,

@@ -13,10 +13,13 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mathpe.cli.arguments import digit_range, int_list
 from mathpe.errors import ConfigError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass(frozen=True)
@@ -38,13 +41,15 @@ class Task:
         eval_items: evaluation prompts with references.
         grade: ``(completion, reference) -> {metric: verdict, ...}`` (extra non-bool keys are kept).
         metrics: names of the boolean verdicts ``grade`` returns, the first being the headline metric.
-        max_new_tokens: generation budget per prompt.
+        max_new_tokens: generation budget per prompt (with ``answer_margin``: its upper bound).
         stop: strings that end a completion (besides EOS).
         train_groups: groups seen in training (in-distribution), for arithmetic length splits.
         validation_pairs: held-out pairs from the training distribution, for choosing the best checkpoint.
         train_levels: each training pair's difficulty for a length curriculum (arithmetic: its operand
             digits); empty for tasks without one.
         train_source: where the training pairs come from (a file, a hub dataset), for error messages.
+        answer_margin: for tasks whose answers are their references (arithmetic): the budget is the longest
+            reference in the model's tokens plus this many (``generation_budget``); None: ``max_new_tokens``.
     """
 
     name: str
@@ -58,6 +63,20 @@ class Task:
     validation_pairs: list[tuple[str, str]] = field(default_factory=list)
     train_levels: list[int] = field(default_factory=list)
     train_source: str = ""
+    answer_margin: int | None = None
+
+    def generation_budget(self, tokenizer: PreTrainedTokenizerBase) -> int:
+        """``max_new_tokens`` for the evaluation items as ``tokenizer`` writes them.
+
+        With ``answer_margin``, the longest reference's token count plus the margin, at most ``max_new_tokens``:
+        a tokenizer that writes several characters as one token (fused index hints) gets a budget in its own
+        tokens, so a model that does not stop writes no longer a number than any answer plus the margin.
+        """
+        if self.answer_margin is None or not self.eval_items:
+            return self.max_new_tokens
+        references = tokenizer([item.reference for item in self.eval_items], add_special_tokens=False)
+        longest = max(len(ids) for ids in references["input_ids"])
+        return min(self.max_new_tokens, longest + self.answer_margin)
 
     def on_validation_pairs(self, limit: int) -> Task:
         """This task with its first ``limit`` validation pairs as its evaluation items, graded against their

@@ -14,6 +14,8 @@ from mathpe.eval.tasks import EvalItem, Task, TaskRequest, register_task
 ARITHMETIC_OPS = {"addition": "add", "subtraction": "sub", "multiplication": "mul"}
 #: Held-out pairs from the training distribution per task, for choosing the best checkpoint.
 VALIDATION_SAMPLES = 512
+#: Tokens a model may write past the longest answer (an EOS and one more) before generation stops.
+ANSWER_MARGIN = 2
 
 
 @register_task(*ARITHMETIC_OPS)
@@ -50,7 +52,8 @@ def arithmetic_task(request: TaskRequest) -> Task:
         eval_items=items,
         grade=partial(_grade_arithmetic, fmt=settings.fmt, index_hints=settings.index_hints),
         metrics=("exact_match",),
-        max_new_tokens=longest_answer + 2,
+        max_new_tokens=longest_answer + ANSWER_MARGIN,  # characters: a bound for any tokenizer
+        answer_margin=ANSWER_MARGIN,
         train_groups=frozenset(range(low, high + 1)),
         validation_pairs=[(example.prompt, example.answer) for example in validation],
         train_levels=[example.operand_digits for example in train],
