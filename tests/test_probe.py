@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 import mathpe.train.trainer as trainer_module
@@ -62,18 +63,6 @@ def test_history_steps_are_the_multiples_of_probe_steps_and_the_last(scripted_sc
     assert callback.first_step_at(0.95) == 9  # the first, though a later probe falls back below
     # The probe scores the first ``items`` held-out pairs, graded against their targets.
     assert [(item.prompt, item.reference) for item in seen[0].eval_items] == task.validation_pairs[:20]
-
-
-def test_each_probe_is_logged_as_it_is_taken(scripted_scores, caplog):
-    scores, _ = scripted_scores
-    scores += [0.25, 0.955]
-    callback = ProbeCallback(2, types.SimpleNamespace(padding_side="right"), [small_task()])
-    with caplog.at_level("INFO", logger=trainer_module.__name__):
-        run_steps(callback, 4, torch.nn.Linear(1, 1))
-    assert [record.getMessage() for record in caplog.records] == [
-        "probe at step 2: 25.0% exact match in distribution",
-        "probe at step 4: 95.5% exact match in distribution",
-    ]
 
 
 def test_steps_to_95_counts_exactly_95_percent_and_averages_the_tasks(scripted_scores):
@@ -174,6 +163,10 @@ def test_probing_leaves_training_unchanged_and_its_history_survives_resume(tmp_p
     weights, reference = final_weights(probed), final_weights(plain)
     assert all(torch.equal(weights[name], reference[name]) for name in reference)
     assert [step for step, _ in with_probe["probe_history"]] == [2, 4, 5]
+    # Each score is logged beside the loss of its step (every step is logged here), so TensorBoard has it.
+    events = EventAccumulator(str(next((probed / "runs").rglob("events.out.tfevents.*")))).Reload()
+    logged = [(event.step, event.value) for event in events.Scalars("train/probe_exact_match")]
+    assert logged == [(step, pytest.approx(score)) for step, score in with_probe["probe_history"]]
     assert with_probe["steps_to_95"] is None  # five steps learn nothing
 
     # Resumed from checkpoint-4, the run probes step 5 again and keeps steps 2 and 4 from the checkpoint.

@@ -78,6 +78,16 @@ class MathPETrainer(TrainerHooks):
         self.train_levels = train_levels
         self.curriculum_steps = curriculum_steps
 
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        """``Trainer.log``; a training log (one with ``loss``) also carries the probe's score taken since the
+        last one (``probe_exact_match``, ``ProbeCallback``), so it shows beside the loss in the progress output,
+        TensorBoard and ``log_history``."""
+        probe = next((cb for cb in self.callback_handler.callbacks if isinstance(cb, ProbeCallback)), None)
+        if probe is not None and probe.unlogged is not None and "loss" in logs:
+            logs = {**logs, "probe_exact_match": probe.unlogged}
+            probe.unlogged = None
+        super().log(logs, *args, **kwargs)
+
     def training_sampler(self) -> torch.utils.data.Sampler | None:
         """The length curriculum when there is one, else ``Trainer``'s random order."""
         if not self.curriculum_steps:
@@ -168,10 +178,10 @@ class ProbeCallback(TrainerCallback, ExportableState):
 
     Scores the first ``items`` validation pairs of each task (``Task.on_validation_pairs``) with the task's
     grader through ``evaluate_task``, on the main process only, and records ``history``: ``[step, score]``
-    pairs, the score being the mean over tasks of the headline metric, each also logged (INFO) as it is
-    taken. ``first_step_at(0.95)`` is the run's learning speed. Greedy generation draws no random numbers,
-    and the model's train mode and the tokenizer's padding side are put back, so probing leaves training
-    as it was.
+    pairs, the score being the mean over tasks of the headline metric; ``MathPETrainer.log`` adds each score to
+    the next training log. ``first_step_at(0.95)`` is the run's learning speed. Greedy generation draws no
+    random numbers, and the model's train mode and the tokenizer's padding side are put back, so probing
+    leaves training as it was.
 
     The history is saved in checkpoints as ``TrainerState.stateful_callbacks`` (``state()``) and read back
     in ``on_train_begin``, when ``--resume`` has loaded that state: a resumed run's history is an
@@ -193,6 +203,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         self.tasks = [task.on_validation_pairs(items) for task in tasks if task.validation_pairs]
         self.batch_size = batch_size
         self.history: list[list[float]] = []
+        self.unlogged: float | None = None  # the latest score not yet in a training log
 
     def state(self) -> dict[str, Any]:
         return {"args": {"every": self.every}, "attributes": {"history": self.history}}
@@ -223,9 +234,7 @@ class ProbeCallback(TrainerCallback, ExportableState):
         if state.is_world_process_zero and (state.global_step % self.every == 0 or last):
             score = self.score(model)
             self.history.append([state.global_step, score])
-            logger.info(
-                "probe at step %d: %.1f%% exact match in distribution", state.global_step, 100 * score
-            )
+            self.unlogged = score
 
     def score(self, model: PreTrainedModel) -> float:
         """Mean over the tasks of the headline metric on their held-out problems; ``model`` is left as found."""
