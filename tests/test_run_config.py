@@ -21,6 +21,10 @@ NON_DEFAULT: dict[str, tuple[Any, list[str]]] = {
     "pe": ("abacus", ["--pe", "abacus"]),
     "pe_options": ({"max_offset": 50}, ["--pe_options", '{"max_offset": 50}']),
     "model_size": ("small", ["--model_size", "small"]),
+    "config_overrides": (
+        {"num_layers": 1, "dropout": 0.1},
+        ["--config_overrides", "num_layers=1,dropout=0.1"],
+    ),
     "use_lora": (True, ["--use_lora"]),
     "lora_r": (4, ["--lora_r", "4"]),
     "lora_alpha": (32, ["--lora_alpha", "32"]),
@@ -171,12 +175,40 @@ def test_a_config_round_trips_through_config_json(tmp_path):
         ),
         ({"probe_items": 513}, "--probe_items 513 is more than the 512 held-out problems per dataset"),
         ({"probe_steps": 10, "datasets": ("gsm8k",)}, "--probe_steps needs arithmetic datasets only"),
+        (
+            {"model_size": "EleutherAI/pythia-70m", "config_overrides": {"num_layers": 1}},
+            "--config_overrides changes mathpe's decoder presets (tiny, small, base); 'EleutherAI/pythia-70m'",
+        ),
+        (
+            {"config_overrides": {"vocab_size": 9}},
+            "--config_overrides key 'vocab_size' is not one of: hidden_size",
+        ),
+        ({"config_overrides": {"num_layers": 1.5}}, "--config_overrides num_layers=1.5 must be an integer"),
+        ({"config_overrides": {"num_layers": True}}, "--config_overrides num_layers=True must be an integer"),
+        ({"config_overrides": {"tie_word_embeddings": 0}}, "tie_word_embeddings=0 must be true or false"),
+        ({"config_overrides": {"num_heads": 0}}, "--config_overrides num_heads=0 must be a positive integer"),
+        ({"config_overrides": {"dropout": 1}}, "--config_overrides dropout=1 must be in [0, 1)"),
+        ({"config_overrides": {"layer_norm_eps": -1e-5}}, "layer_norm_eps=-1e-05 must be positive"),
+        (
+            {"config_overrides": {"num_heads": 3}},
+            "--config_overrides: hidden_size=128 is not divisible by num_heads=3",
+        ),
     ],
 )
 def test_construction_rejects_a_bad_setting(settings, message):
     with pytest.raises(ConfigError) as error:
         RunConfig(**settings)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_config_overrides_shape_the_preset_model():
+    from mathpe.train.setup import build_model, build_tokenizer
+
+    config = RunConfig(config_overrides={"num_layers": 1, "hidden_size": 64, "num_heads": 2})
+    model = build_model(config, build_tokenizer(config))
+    assert (model.config.num_layers, model.config.hidden_size, model.config.num_heads) == (1, 64, 2)
+    assert len(model.model.layers) == 1 and model.config.intermediate_size == 256
+    assert model.config.max_position_embeddings == 256  # the rest of the preset stays
 
 
 def test_replace_checks_again():
@@ -190,6 +222,10 @@ def test_replace_checks_again():
         (["--train_digits", "one-eight"], "--train_digits expects a digit range like 1-8, got 'one-eight'"),
         (["--eval_lengths", "1-x"], "--eval_lengths expects integers like 1-16,20,24, got '1-x'"),
         (["--pe_options", "[1, 2]"], "--pe_options must be a JSON object, got '[1, 2]'"),
+        (
+            ["--config_overrides", "num_layers"],
+            "--config_overrides expects key=value pairs like num_layers=1,hidden_size=256, got 'num_layers'",
+        ),
     ],
 )
 def test_unreadable_flag_text_is_a_one_line_error(flags, message, tmp_path, capsys):

@@ -50,6 +50,23 @@ def int_list(text: str) -> tuple[int, ...]:
     return tuple(values)
 
 
+def key_values(text: str) -> dict[str, Any]:
+    """``"num_layers=1,dropout=0.1"`` -> {"num_layers": 1, "dropout": 0.1} (values read as JSON, else text),
+    the format of transformers' ``--config_overrides``."""
+    pairs: dict[str, Any] = {}
+    for item in comma_list(text):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise argparse.ArgumentTypeError(
+                f"expects key=value pairs like num_layers=1,hidden_size=256, got {text!r}"
+            )
+        try:
+            pairs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
 def json_object(text: str) -> dict[str, Any]:
     """``'{"base": 500000}'`` -> {"base": 500000}."""
     try:

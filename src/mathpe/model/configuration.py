@@ -87,6 +87,21 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+#: The decoder settings a run may change in its preset (``--config_overrides``), with their types; the others
+#: (PE, vocabulary, special tokens, randomized positions) come from the run itself.
+ARCHITECTURE_OVERRIDES: dict[str, type] = {
+    "hidden_size": int,
+    "num_layers": int,
+    "num_heads": int,
+    "intermediate_size": int,
+    "max_position_embeddings": int,
+    "dropout": float,
+    "layer_norm_eps": float,
+    "initializer_range": float,
+    "tie_word_embeddings": bool,
+}
+
+
 def preset_config(size: str, *, pe: str = "rope", vocab_size: int = 32, **overrides: Any) -> MathPEConfig:
     """A ``MathPEConfig`` for ``--model_size`` ``tiny`` / ``small`` / ``base`` with PE ``pe``.
 

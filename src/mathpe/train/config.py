@@ -10,12 +10,12 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import torch
 
-from mathpe.cli.arguments import comma_list, int_list, json_object
+from mathpe.cli.arguments import comma_list, int_list, json_object, key_values
 from mathpe.data.arithmetic import ANSWER_FORMATS, check_digit_range
 from mathpe.errors import ConfigError
 from mathpe.eval.task_families.arithmetic import ARITHMETIC_OPS, VALIDATION_SAMPLES
 from mathpe.eval.tasks import ArithmeticSettings, list_tasks
-from mathpe.model.configuration import PRESETS
+from mathpe.model.configuration import ARCHITECTURE_OVERRIDES, PRESETS
 from mathpe.pe import list_pes, pe_class
 from mathpe.pe.registry import check_pe_options
 
@@ -77,6 +77,15 @@ class RunConfig:
             "group": "model",
             "help": f"a preset of mathpe's decoder ({', '.join(PRESETS)}; trained from scratch) or a "
             "transformers model id / local path (loaded pretrained, its PE swapped to --pe)",
+        },
+    )
+    config_overrides: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "group": "model",
+            "parse": key_values,
+            "help": "decoder presets: change the preset's shape, e.g. num_layers=1,hidden_size=256 (keys: "
+            f"{', '.join(ARCHITECTURE_OVERRIDES)})",
         },
     )
     use_lora: bool = field(
@@ -311,6 +320,7 @@ class RunConfig:
                 f"--randomized_positions needs mathpe's decoder (--model_size {', '.join(PRESETS)}), "
                 f"not {self.model_size!r}"
             )
+        self.check_config_overrides()
         if self.select_best and (self.use_lora or not self.arithmetic_only):
             raise ConfigError("--select_best needs arithmetic datasets and full fine-tuning (no --use_lora)")
         if self.probe_steps is not None and not self.arithmetic_only:
@@ -349,6 +359,38 @@ class RunConfig:
             raise ConfigError(
                 f"--model_size {self.model_size!r} is neither a preset ({', '.join(PRESETS)}) nor a readable "
                 "model directory"
+            )
+
+    def check_config_overrides(self) -> None:
+        """``config_overrides``: a preset's own settings, each of its type, and a head split that divides."""
+        if not self.config_overrides:
+            return
+        if not self.is_preset:
+            raise ConfigError(
+                f"--config_overrides changes mathpe's decoder presets ({', '.join(PRESETS)}); "
+                f"{self.model_size!r} is a pretrained model"
+            )
+        for key, value in self.config_overrides.items():
+            kind = ARCHITECTURE_OVERRIDES.get(key)
+            if kind is None:
+                raise ConfigError(
+                    f"--config_overrides key {key!r} is not one of: {', '.join(ARCHITECTURE_OVERRIDES)}"
+                )
+            allowed = {bool: (bool,), int: (int,), float: (int, float)}[kind]
+            if isinstance(value, bool) != (kind is bool) or not isinstance(value, allowed):
+                wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+                raise ConfigError(f"--config_overrides {key}={value!r} must be {wanted}")
+            if kind is int and value < 1:
+                raise ConfigError(f"--config_overrides {key}={value} must be a positive integer")
+            if key == "dropout" and not 0 <= value < 1:
+                raise ConfigError(f"--config_overrides dropout={value} must be in [0, 1)")
+            if key in ("layer_norm_eps", "initializer_range") and value <= 0:
+                raise ConfigError(f"--config_overrides {key}={value} must be positive")
+        shape = {**PRESETS[self.model_size], **self.config_overrides}
+        if shape["hidden_size"] % shape["num_heads"]:
+            raise ConfigError(
+                f"--config_overrides: hidden_size={shape['hidden_size']} is not divisible by "
+                f"num_heads={shape['num_heads']}"
             )
 
     def check_eval_offsets(self) -> None:

@@ -62,6 +62,7 @@ def build_model(config: RunConfig, tokenizer: PreTrainedTokenizerBase) -> PreTra
             eos_token_id=tokenizer.eos_token_id,
             bos_token_id=tokenizer.eos_token_id,
             randomized_positions=config.randomized_positions,
+            **config.config_overrides,
         )
         config.check_max_length(model_config.max_position_embeddings)
         return MathPEForCausalLM(model_config)
