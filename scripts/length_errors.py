@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from mathpe.eval.attention_maps import load_model_and_tokenizer
 from mathpe.train.evaluate_run import load_run_config
@@ -56,7 +57,9 @@ def units_digit_positions(tokens: list[str], reverse_operands: bool) -> list[int
 
 
 @torch.no_grad()
-def lookup_by_layer(model, tokenizer, prompts: list[str], reverse_operands: bool) -> list[float]:
+def lookup_by_layer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], reverse_operands: bool
+) -> list[float]:
     """Per layer: the largest over heads of the mean over prompts of the attention mass from ``=`` on the units
     digits (one head's consistent lookup, not the best head of each prompt)."""
     masses = []
