@@ -210,3 +210,32 @@ def test_runs_on_device_in_each_dtype(pe: str, device: str, dtype: torch.dtype):
     assert torch.isfinite(logits).all()
     generated = greedy(model, ids)
     assert generated.shape == (1, 34)
+
+
+def test_config_checks_field_types_and_ranges_as_transformers_configs_do(tmp_path):
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+    from transformers import LlamaConfig
+
+    from mathpe.errors import ConfigError, ModelLoadError
+    from mathpe.hf import load_model
+
+    for config_class, field in ((LlamaConfig, "num_hidden_layers"), (MathPEConfig, "num_layers")):
+        with pytest.raises(StrictDataclassFieldValidationError, match="expected int, got float"):
+            config_class(**{field: 1.5})
+    assert MathPEConfig(dropout=0).dropout == 0  # an int where a float is expected, as transformers allows
+    with pytest.raises(
+        ConfigError, match=r"^Validation error for field 'dropout': ValueError: .* got 1.5\.$"
+    ):
+        preset_config("tiny", dropout=1.5)
+    with pytest.raises(ConfigError, match=r"^hidden_size=128 is not divisible by num_heads=3$"):
+        preset_config("tiny", num_heads=3)
+
+    MathPEForCausalLM(preset_config("tiny")).save_pretrained(tmp_path)
+    saved = tmp_path / "config.json"
+    saved.write_text(saved.read_text().replace('"num_layers": 4', '"num_layers": 0'))
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(tmp_path))
+    assert "\n" not in str(error.value)
+    assert str(error.value).endswith(
+        "field 'num_layers': ValueError: Value must be a positive integer, got 0"
+    )

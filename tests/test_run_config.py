@@ -183,12 +183,25 @@ def test_a_config_round_trips_through_config_json(tmp_path):
             {"config_overrides": {"vocab_size": 9}},
             "--config_overrides key 'vocab_size' is not one of: hidden_size",
         ),
-        ({"config_overrides": {"num_layers": 1.5}}, "--config_overrides num_layers=1.5 must be an integer"),
-        ({"config_overrides": {"num_layers": True}}, "--config_overrides num_layers=True must be an integer"),
-        ({"config_overrides": {"tie_word_embeddings": 0}}, "tie_word_embeddings=0 must be true or false"),
-        ({"config_overrides": {"num_heads": 0}}, "--config_overrides num_heads=0 must be a positive integer"),
-        ({"config_overrides": {"dropout": 1}}, "--config_overrides dropout=1 must be in [0, 1)"),
-        ({"config_overrides": {"layer_norm_eps": -1e-5}}, "layer_norm_eps=-1e-05 must be positive"),
+        (
+            {"config_overrides": {"num_layers": 1.5}},
+            "--config_overrides: Validation error for field 'num_layers': TypeError: Field 'num_layers' "
+            "expected int, got float (value: 1.5)",
+        ),
+        ({"config_overrides": {"num_layers": True}}, "'num_layers' expected int, got bool (value: True)"),
+        (
+            {"config_overrides": {"tie_word_embeddings": 0}},
+            "'tie_word_embeddings' expected bool, got int (value: 0)",
+        ),
+        (
+            {"config_overrides": {"num_heads": 0}},
+            "field 'num_heads': ValueError: Value must be a positive integer, got 0",
+        ),
+        ({"config_overrides": {"dropout": 1}}, "field 'dropout': ValueError: Value must be greater or equal"),
+        (
+            {"config_overrides": {"layer_norm_eps": -1e-5}},
+            "'layer_norm_eps': ValueError: Value must be greater",
+        ),
         (
             {"config_overrides": {"num_heads": 3}},
             "--config_overrides: hidden_size=128 is not divisible by num_heads=3",

@@ -22,9 +22,8 @@ class ModelLoadError(MathPEError, OSError):
 
     @classmethod
     def from_error(cls, name_or_path: str, error: Exception) -> ModelLoadError:
-        """The one-line error naming ``name_or_path`` and the first line of the loader's ``error``."""
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        return cls(f"cannot load a model from {name_or_path!r}: {reason}")
+        """The one-line error naming ``name_or_path`` and the loader's reason (``error_summary``)."""
+        return cls(f"cannot load a model from {name_or_path!r}: {error_summary(error)}")
 
 
 class DataError(MathPEError, ValueError):
@@ -33,6 +32,12 @@ class DataError(MathPEError, ValueError):
 
 def error_summary(error: BaseException) -> str:
     """The first line of ``error``'s message, or its type name when the message is empty: a reason that fits
-    a one-line error (library messages often add hints and tracebacks on further lines)."""
-    message = str(error).strip()
-    return message.splitlines()[0] if message else type(error).__name__
+    a one-line error (library messages often add hints and tracebacks on further lines). A first line that
+    ends in a colon announces its reason on the second (``@strict`` configs: "Validation error for field
+    'x':"), so the two are joined."""
+    lines = [line.strip() for line in str(error).strip().splitlines()]
+    if not lines:
+        return type(error).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]

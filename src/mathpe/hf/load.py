@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import safe_open
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
@@ -35,7 +36,7 @@ def _load_config(name_or_path: str) -> PretrainedConfig:
         raise ModelLoadError(f"cannot load a model from {name_or_path!r}: no such directory")
     try:
         return AutoConfig.from_pretrained(name_or_path)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, StrictDataclassError) as error:  # the last: a field of the wrong type
         raise ModelLoadError.from_error(name_or_path, error) from error
 
 

@@ -1,11 +1,13 @@
 """Configuration of mathpe's decoder, and the ``--model_size`` presets."""
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: ``@strict`` checks each field's type only when the annotations
+# are real types, not strings (as in transformers' own configs).
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
+from transformers.utils.type_validators import interval, positive_int_field
 
 from mathpe.errors import ConfigError
 from mathpe.pe.base import PEShape
@@ -34,16 +36,16 @@ class MathPEConfig(RemoteCodeConfig, PreTrainedConfig):
 
     pe: str = "rope"
     pe_options: dict | None = None
-    vocab_size: int = 32
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int | None = None
-    max_position_embeddings: int = 256
-    randomized_positions: int | None = None
-    dropout: float = 0.0
-    layer_norm_eps: float = 1e-5
-    initializer_range: float = 0.02
+    vocab_size: int = positive_int_field(default=32)
+    hidden_size: int = positive_int_field(default=128)
+    num_layers: int = positive_int_field(default=4)
+    num_heads: int = positive_int_field(default=4)
+    intermediate_size: int | None = positive_int_field(default=None)
+    max_position_embeddings: int = positive_int_field(default=256)
+    randomized_positions: int | None = positive_int_field(default=None)
+    dropout: int | float = interval(min=0.0, max=1.0, exclude_max=True)(default=0.0)
+    layer_norm_eps: int | float = interval(min=0.0, exclude_min=True)(default=1e-5)
+    initializer_range: int | float = interval(min=0.0, exclude_min=True)(default=0.02)
     tie_word_embeddings: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -87,28 +89,39 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
-#: The decoder settings a run may change in its preset (``--config_overrides``), with their types; the others
-#: (PE, vocabulary, special tokens, randomized positions) come from the run itself.
-ARCHITECTURE_OVERRIDES: dict[str, type] = {
-    "hidden_size": int,
-    "num_layers": int,
-    "num_heads": int,
-    "intermediate_size": int,
-    "max_position_embeddings": int,
-    "dropout": float,
-    "layer_norm_eps": float,
-    "initializer_range": float,
-    "tie_word_embeddings": bool,
-}
+#: The decoder settings a run may change in its preset (``--config_overrides``; ``MathPEConfig`` checks their
+#: types and ranges); the others (PE, vocabulary, special tokens, randomized positions) come from the run itself.
+ARCHITECTURE_OVERRIDES: tuple[str, ...] = (
+    "hidden_size",
+    "num_layers",
+    "num_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "dropout",
+    "layer_norm_eps",
+    "initializer_range",
+    "tie_word_embeddings",
+)
 
 
 def preset_config(size: str, *, pe: str = "rope", vocab_size: int = 32, **overrides: Any) -> MathPEConfig:
     """A ``MathPEConfig`` for ``--model_size`` ``tiny`` / ``small`` / ``base`` with PE ``pe``.
 
-    ``overrides`` replace any config field (e.g. ``pe_options``, ``max_position_embeddings``).
+    ``overrides`` replace any config field (e.g. ``pe_options``, ``max_position_embeddings``). A value of the
+    wrong type or out of range is a one-line ``ConfigError`` naming the field.
     """
     if size not in PRESETS:
         raise ConfigError(
             f"unknown model size {size!r}; presets are {', '.join(PRESETS)} (or a model id / path)"
         )
-    return MathPEConfig(pe=pe, vocab_size=vocab_size, **{**PRESETS[size], **overrides})
+    try:
+        return MathPEConfig(pe=pe, vocab_size=vocab_size, **{**PRESETS[size], **overrides})
+    except StrictDataclassError as error:
+        raise config_error(error) from error
+
+
+def config_error(error: StrictDataclassError) -> ConfigError:
+    """``@strict``'s two-line validation error as one ``ConfigError`` line (mathpe's own check's error as is)."""
+    if isinstance(error.__cause__, ConfigError):
+        return error.__cause__
+    return ConfigError(" ".join(line.strip() for line in str(error).splitlines()))

@@ -15,7 +15,7 @@ from mathpe.data.arithmetic import ANSWER_FORMATS, check_digit_range
 from mathpe.errors import ConfigError
 from mathpe.eval.task_families.arithmetic import ARITHMETIC_OPS, VALIDATION_SAMPLES
 from mathpe.eval.tasks import ArithmeticSettings, list_tasks
-from mathpe.model.configuration import ARCHITECTURE_OVERRIDES, PRESETS
+from mathpe.model.configuration import ARCHITECTURE_OVERRIDES, PRESETS, preset_config
 from mathpe.pe import list_pes, pe_class
 from mathpe.pe.registry import check_pe_options
 
@@ -362,7 +362,7 @@ class RunConfig:
             )
 
     def check_config_overrides(self) -> None:
-        """``config_overrides``: a preset's own settings, each of its type, and a head split that divides."""
+        """``config_overrides``: a preset's own settings, with the types, ranges and head split ``MathPEConfig`` checks."""
         if not self.config_overrides:
             return
         if not self.is_preset:
@@ -370,28 +370,15 @@ class RunConfig:
                 f"--config_overrides changes mathpe's decoder presets ({', '.join(PRESETS)}); "
                 f"{self.model_size!r} is a pretrained model"
             )
-        for key, value in self.config_overrides.items():
-            kind = ARCHITECTURE_OVERRIDES.get(key)
-            if kind is None:
+        for key in self.config_overrides:
+            if key not in ARCHITECTURE_OVERRIDES:
                 raise ConfigError(
                     f"--config_overrides key {key!r} is not one of: {', '.join(ARCHITECTURE_OVERRIDES)}"
                 )
-            allowed = {bool: (bool,), int: (int,), float: (int, float)}[kind]
-            if isinstance(value, bool) != (kind is bool) or not isinstance(value, allowed):
-                wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
-                raise ConfigError(f"--config_overrides {key}={value!r} must be {wanted}")
-            if kind is int and value < 1:
-                raise ConfigError(f"--config_overrides {key}={value} must be a positive integer")
-            if key == "dropout" and not 0 <= value < 1:
-                raise ConfigError(f"--config_overrides dropout={value} must be in [0, 1)")
-            if key in ("layer_norm_eps", "initializer_range") and value <= 0:
-                raise ConfigError(f"--config_overrides {key}={value} must be positive")
-        shape = {**PRESETS[self.model_size], **self.config_overrides}
-        if shape["hidden_size"] % shape["num_heads"]:
-            raise ConfigError(
-                f"--config_overrides: hidden_size={shape['hidden_size']} is not divisible by "
-                f"num_heads={shape['num_heads']}"
-            )
+        try:
+            preset_config(self.model_size, **self.config_overrides)
+        except ConfigError as error:
+            raise ConfigError(f"--config_overrides: {error}") from error
 
     def check_eval_offsets(self) -> None:
         """Raise ``ConfigError`` unless ``eval_offsets`` is empty or names eval variants of the PE (``abacus``'s
