@@ -16,7 +16,7 @@ from transformers import (
 )
 
 from mathpe.data.arithmetic import ArithmeticTask, generate_examples
-from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
+from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example, encode_examples
 from mathpe.data.tokenizer import ArithmeticTokenizer, digit_token_ids
 from mathpe.pe.digits import digit_run_lengths
 
@@ -170,6 +170,27 @@ def test_encode_example_with_bpe_keeps_the_prompt_answer_boundary(
     assert encoded["labels"][: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
     supervised = [label for label in encoded["labels"] if label != IGNORE_INDEX]
     assert bpe_tokenizer.decode(supervised) == answer + "<|endoftext|>"
+
+
+@pytest.mark.parametrize("name", ["tokenizer", "bpe_tokenizer"])
+def test_encode_examples_matches_each_pair_tokenised_alone(name: str, request: pytest.FixtureRequest) -> None:
+    tokenizer = request.getfixturevalue(name)
+    pairs = [
+        ("12+3=", "51"),
+        ("Question: How many apples?\nAnswer: 1", "8 apples"),
+        ("7*8=", "65"),
+        ("", "0"),
+    ]
+    for max_length in (None, 3):
+        features = encode_examples(tokenizer, pairs, max_length)
+        assert len(features) == len(pairs)
+        for (prompt, answer), feature in zip(pairs, features, strict=True):
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            answer_ids = [*tokenizer(answer, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+            assert feature["input_ids"] == (prompt_ids + answer_ids)[:max_length]
+            assert feature["labels"] == ([IGNORE_INDEX] * len(prompt_ids) + answer_ids)[:max_length]
+            assert feature["attention_mask"] == [1] * len(feature["input_ids"])
+    assert encode_examples(tokenizer, []) == []
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -17,7 +17,7 @@ from mathpe.data.arithmetic import (
     length_eval_sets,
     problem_keys,
 )
-from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
+from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example, encode_examples
 from mathpe.data.gsm8k import GSM8KExample, load_gsm8k, read_gsm8k_file, strip_calculator_annotations
 from mathpe.data.jsonl import DataUnavailableError, MalformedDataError, read_jsonl, resolve_data_dir
 from mathpe.data.math import MINERVA_FEWSHOT_EXAMPLES, MATHExample, load_math, read_math_file
@@ -41,6 +41,7 @@ __all__ = [
     "build_splits",
     "digit_token_ids",
     "encode_example",
+    "encode_examples",
     "format_example",
     "generate_examples",
     "length_eval_sets",

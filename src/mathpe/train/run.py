@@ -42,7 +42,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import mathpe
-from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_example
+from mathpe.data.collate import IGNORE_INDEX, PaddingCollator, encode_examples
 from mathpe.errors import ConfigError, DataError
 from mathpe.eval.evaluate import evaluate_task
 from mathpe.eval.report import (
@@ -412,9 +412,9 @@ def build_trainer(
         feature for task in tasks for feature in supervised_features(task, tokenizer, config.max_length)
     ]
     validation = [
-        encode_example(tokenizer, prompt, target, config.max_length)
+        feature
         for task in tasks
-        for prompt, target in task.validation_pairs
+        for feature in encode_examples(tokenizer, task.validation_pairs, config.max_length)
     ]
     trainer = MathPETrainer(
         model=model,
@@ -440,7 +440,7 @@ def supervised_features(
     A pair cut inside its prompt teaches nothing (and a batch of them has no loss at all): it is left out with
     a one-line warning; a ``DataError`` when none is left.
     """
-    encoded = [encode_example(tokenizer, prompt, target, max_length) for prompt, target in task.train_pairs]
+    encoded = encode_examples(tokenizer, task.train_pairs, max_length)
     kept = [feature for feature in encoded if any(label != IGNORE_INDEX for label in feature["labels"])]
     if not kept:
         raise DataError(
