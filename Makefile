@@ -44,7 +44,7 @@ verify: .venv/bin/mathpe
 check-results: .venv/bin/mathpe
 	$(PY) scripts/check_results.py
 
-# On a CUDA machine: the CUDA tests, verify, bench section 6 and the founding command's shape (docs/gpu-check.md).
+# On a CUDA machine: the CUDA tests, verify, bench's cuda section and the founding command's shape (docs/gpu-check.md).
 gpu-check:
 	python3 scripts/gpu_check.py
 

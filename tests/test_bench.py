@@ -64,6 +64,13 @@ def test_smoke_run_reports_every_section(smoke: tuple[dict[str, Any], list[str]]
     assert [row["settings"] for row in training[:3]] == ["defaults", "group_by_length", "bf16"]
     assert all(0 < row["real_token_fraction"] <= 1 and row["tokens_per_core_s"] > 0 for row in training)
     assert sum(bool(row["target"]) for row in training) == 1  # the tiny preset's combination
+    data = results["tables"]["data"]["rows"]
+    assert [row["step"] for row in data] == [
+        "generate",
+        "encode: one call per pair",
+        "encode: batched (mathpe train)",
+    ]
+    assert all(row["seconds"] > 0 for row in data) and data[1]["ratio_vs_per_pair"] == 1.0
     pes = {row["pe"] for row in results["tables"]["pe_overhead"]["rows"]}
     assert pes == set(list_pes())
     assert {row["pe"] for row in results["tables"]["generation"]["rows"]} == set(list_pes())
@@ -104,6 +111,7 @@ def test_run_restores_threads_and_rejects_bad_arguments() -> None:
         "scaling",
         "bias_attention",
         "training",
+        "data",
         "cuda",
     }
 

@@ -10,7 +10,9 @@ Sections (``sections.py``; each prints a Markdown table and lands in the JSON fi
 6. ``bias_attention``: every bias PE against nope, step time and peak memory, short and long sequences.
 7. ``training`` (``training.py``): real training tokens per core-second of the length-study presets through
    ``mathpe train``'s Trainer, today's defaults against each speed setting and the helpful ones combined.
-8. ``cuda_*`` (``cuda.py``, when CUDA is present): sections 1-6 in bfloat16, training throughput and MFU of a
+8. ``data`` (``training.py``): a study run's data preparation, generation and encoding (batched against one
+   tokenizer call per pair).
+9. ``cuda_*`` (``cuda.py``, when CUDA is present): sections 1-6 in bfloat16, training throughput and MFU of a
    Pythia-410M-shaped model, and ALiBi through ``flex_attention`` against the SDPA float mask.
 
 Every figure is a median of repeated timed runs after warm-up; every comparison is a ratio of two sides
@@ -39,7 +41,7 @@ from mathpe.bench.cuda import cuda_tables
 from mathpe.bench.models import NEOX_SHAPES, Shape, preset_shape
 from mathpe.bench.report import Table
 from mathpe.bench.sections import SECTIONS, Setting, Sizes
-from mathpe.bench.training import TrainingSizes, training_throughput
+from mathpe.bench.training import TrainingSizes, data_preparation, training_throughput
 from mathpe.eval.report import write_json
 
 __all__ = ["DEFAULT_THREADS", "PROFILES", "SECTION_KEYS", "run_benchmarks"]
@@ -141,6 +143,7 @@ SECTION_KEYS = (
     "scaling",
     "bias_attention",
     "training",
+    "data",
     "cuda",
 )
 
@@ -209,6 +212,8 @@ def _tables(sizes: Sizes, training: TrainingSizes, selected: tuple[str, ...]) ->
             yield section(setting)
     if "training" in selected:
         yield training_throughput(setting, training)
+    if "data" in selected:
+        yield data_preparation(setting, training)
     if "cuda" in selected:
         yield from cuda_tables(sizes)
 

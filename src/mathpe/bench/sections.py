@@ -61,7 +61,7 @@ class Sizes:
     scaling_batch: int
     bias_shape: Shape  # section 6: the decoder of the bias-attention comparisons ...
     bias_runs: tuple[tuple[int, int], ...]  # ... and the (batch, seq) of each
-    throughput_shape: str  # section 6 (CUDA): tokens/s and MFU of this NEOX_SHAPES model
+    throughput_shape: str  # section cuda: tokens/s and MFU of this NEOX_SHAPES model
     throughput_batch: int
     throughput_seq: int
     warmup: int

@@ -1,4 +1,5 @@
-"""7. Training throughput of the study presets: real tokens per core-second through ``mathpe train``'s Trainer.
+"""7. Training throughput of the study presets: real tokens per core-second through ``mathpe train``'s Trainer;
+8. the same runs' data preparation (generating and encoding the training pairs).
 
 The length studies (``mathpe compare --preset addition-length``) are bounded by CPU minutes per run, so this
 section times the run's own training path (``mathpe.train.run.build_trainer``: the ``Trainer``, its data
@@ -16,6 +17,7 @@ the side's dtype (float32, or bfloat16 under ``--bf16``) measured in this proces
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import statistics
 import tempfile
@@ -32,10 +34,11 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from mathpe.bench.cuda import training_flops
 from mathpe.bench.report import Table, Target
 from mathpe.bench.sections import Setting
+from mathpe.data.collate import encode_example
 from mathpe.eval.tasks import ArithmeticSettings
 from mathpe.train.compare import LENGTH_STUDY
 from mathpe.train.config import RunConfig
-from mathpe.train.run import build_tasks, build_trainer, training_arguments
+from mathpe.train.run import build_tasks, build_trainer, supervised_features, training_arguments
 from mathpe.train.setup import build_model, build_tokenizer
 
 #: The issue's target: real training tokens per core-second of the combined settings against today's defaults.
@@ -291,3 +294,44 @@ def _add_rows(
             peak_fraction=flops / peak,
             first_call_s=side.first_call_seconds,
         )
+
+
+def data_preparation(setting: Setting, sizes: TrainingSizes) -> Table:
+    """8. A length-study run's data: generating its addition problems, and encoding them as training features
+    (``supervised_features``: two batched tokenizer calls) against one tokenizer call per pair."""
+    table = setting.table(
+        "data",
+        f"8. Data preparation of a length-study run ({sizes.train_samples} addition problems of 1-8 digits, "
+        "zero-padded, fused index hints): seconds; encoding as a ratio to one tokenizer call per pair",
+        ["step", "seconds", "ratio_vs_per_pair", "pairs_per_s"],
+    )
+    study_format = ArithmeticSettings(
+        train_digits=LENGTH_STUDY["train_digits"],
+        eval_lengths=(1,),
+        **{key: LENGTH_STUDY[key] for key in ("zero_pad", "index_hints", "fuse_hints")},
+    )
+    config = dataclasses.replace(
+        study_config(TARGET_PRESET, sizes, 0, Path(tempfile.gettempdir())), arithmetic=study_format
+    )
+    tokenizer = build_tokenizer(config)
+    task = build_tasks(config)[0]
+    generation = setting.measure({"generate": lambda: build_tasks(config)})
+    encoding = setting.measure(
+        {
+            "per_pair": lambda: [encode_example(tokenizer, *pair) for pair in task.train_pairs],
+            "batched": lambda: supervised_features(task, tokenizer, None),
+        }
+    )
+    rows = (
+        ("generate", generation.median("generate"), None),
+        ("encode: one call per pair", encoding.median("per_pair"), 1.0),
+        ("encode: batched (mathpe train)", encoding.median("batched"), encoding.ratio("batched", "per_pair")),
+    )
+    for step, seconds, ratio in rows:
+        table.add(
+            step=step, seconds=seconds, ratio_vs_per_pair=ratio, pairs_per_s=sizes.train_samples / seconds
+        )
+    table.notes.append(
+        "A study run prepares 200,512 pairs (training and validation) once, before its first step."
+    )
+    return table
