@@ -154,8 +154,8 @@ def _trainer_hooks() -> type:
 
         Relies on these private ``Trainer`` methods of transformers 5.24, which ``train`` calls:
         ``_get_train_sampler`` (the training sampler), ``_save_checkpoint`` (a whole ``checkpoint-N`` folder:
-        weights, optimizer, scheduler, RNG and trainer state, then rotation) and ``_load_from_checkpoint`` (the
-        weights of ``--resume``).
+        weights, optimizer, scheduler, RNG and trainer state, then rotation), ``_load_from_checkpoint`` (the
+        weights of ``--resume``) and ``_issue_warnings_after_load`` (its report of keys the checkpoint lacked).
         """
 
         def training_sampler(self) -> torch.utils.data.Sampler | None:
@@ -192,6 +192,16 @@ def _trainer_hooks() -> type:
         def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
             super()._load_from_checkpoint(resume_from_checkpoint, model)
             self.checkpoint_loaded(resume_from_checkpoint, model)
+
+        def _issue_warnings_after_load(self, load_result: Any) -> None:
+            """``Trainer``'s warning about keys the checkpoint lacked, without the tied weights that
+            ``save_pretrained`` never writes (a tied output embedding is the input embedding's tensor, loaded
+            with it). transformers 5.24 warns about them on every resume of a tied model ("There were missing
+            keys in the checkpoint model loaded: ['lm_head.weight']"), as if weights were lost; the model's
+            ``all_tied_weights_keys`` (``{tied: source}``, only the pairs actually tied) names them."""
+            tied = set(getattr(self.model, "all_tied_weights_keys", None) or {})
+            missing = [key for key in load_result.missing_keys if key not in tied]
+            super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
 
     TrainerHooks.__qualname__ = "TrainerHooks"
     return TrainerHooks
