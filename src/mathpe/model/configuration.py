@@ -9,7 +9,7 @@ from huggingface_hub.errors import StrictDataclassError
 from transformers import PreTrainedConfig
 from transformers.utils.type_validators import interval, positive_int_field
 
-from mathpe.errors import ConfigError
+from mathpe.errors import ConfigError, error_summary
 from mathpe.pe.base import PEShape
 from mathpe.pe.registry import check_pe_options, pe_class
 from mathpe.remote_code import RemoteCodeConfig
@@ -124,4 +124,4 @@ def config_error(error: StrictDataclassError) -> ConfigError:
     """``@strict``'s two-line validation error as one ``ConfigError`` line (mathpe's own check's error as is)."""
     if isinstance(error.__cause__, ConfigError):
         return error.__cause__
-    return ConfigError(" ".join(line.strip() for line in str(error).splitlines()))
+    return ConfigError(error_summary(error))
