@@ -110,13 +110,17 @@ def test_the_history_round_trips_through_a_checkpoints_trainer_state(tmp_path):
     assert new.history == [] and fresh.stateful_callbacks["ProbeCallback"] == new.state()
 
 
-def fake_summary(pe: str, seed: int, steps_to_95: int | None, probed: bool = True) -> dict:
+def fake_summary(
+    pe: str, seed: int, steps_to_95: int | None, probed: bool = True, scores: tuple[float, float] = (0.9, 0.1)
+) -> dict:
+    """A run's summary whose in-distribution (length 1) and longer (length 2) exact match are ``scores``."""
+    in_distribution, longer = scores
     metrics = {
         "headline": "exact_match",
-        "exact_match": 0.5,
-        "exact_match_in_distribution": 0.9,
-        "exact_match_out_of_distribution": 0.1,
-        "by_group": {"exact_match": {"1": 0.9, "2": 0.1}},
+        "exact_match": (in_distribution + longer) / 2,
+        "exact_match_in_distribution": in_distribution,
+        "exact_match_out_of_distribution": longer,
+        "by_group": {"exact_match": {"1": in_distribution, "2": longer}},
     }
     train = {"train_seconds": 1.0, "steps": 10} | ({"steps_to_95": steps_to_95} if probed else {})
     return {"pe": pe, "seed": seed, "metrics": {"addition": metrics}, "train": train}
@@ -134,6 +138,32 @@ def test_compare_records_steps_to_95_per_seed(tmp_path):
     assert rope["seeds"] == [0, 1, 2] and rope["steps_to_95"] == [30, None, None]
     assert "steps to 95% (per seed)" in table and "| 30, never, failed |" in table
     assert "every 5 steps with >= 95% exact match on 100 held-out" in table
+
+
+def test_compare_reports_the_spread_over_seeds(tmp_path):
+    config = RunConfig(pe="rope", arithmetic=SMALL)
+    summaries = [
+        fake_summary("rope", 0, None, probed=False, scores=(0.98, 0.30)),
+        fake_summary("rope", 1, None, probed=False, scores=(0.94, 0.10)),
+        fake_summary("rope", 2, None, probed=False, scores=(1.00, 0.20)),
+    ]
+    table = write_comparison(tmp_path, [config], summaries, wall_seconds=1.0, jobs=1)
+    rope = json.loads((tmp_path / "comparison.json").read_text())["pes"]["rope"]["addition"]
+    assert rope["in_distribution_per_seed"] == [0.98, 0.94, 1.00]
+    assert rope["out_of_distribution_per_seed"] == [0.30, 0.10, 0.20]
+    assert rope["by_length_per_seed"] == {"1": [0.98, 0.94, 1.00], "2": [0.30, 0.10, 0.20]}
+    assert "in-dist worst seed (%) | longer range (%)" in table
+    # overall mean, in-dist mean, longer mean, best seed, worst in-dist seed, longer range
+    assert "| rope | 58.7 | 97.3 | 20.0 | 64.0 | 94.0 | 10.0-30.0 |" in table
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "## addition: exact match (%) by operand length, min-max over seeds" in markdown
+    assert "| rope | 94.0-100.0 | 10.0-30.0 |" in markdown
+
+
+def test_one_seed_has_no_spread_columns(tmp_path):
+    summaries = [fake_summary("rope", 0, None, probed=False)]
+    table = write_comparison(tmp_path, [RunConfig(arithmetic=SMALL)], summaries, wall_seconds=1.0, jobs=1)
+    assert "worst seed" not in table and "min-max" not in (tmp_path / "comparison.md").read_text()
 
 
 def test_compare_without_probing_has_no_steps_to_95(tmp_path):

@@ -423,6 +423,8 @@ def write_comparison(
             ]
 
     select_best = any(s.get("best") for s in summaries)
+    seeds = sorted({s["seed"] for s in summaries})
+    spread = len(seeds) > 1
     header = ["PE"]
     for dataset in datasets:
         header += [
@@ -431,20 +433,22 @@ def write_comparison(
             f"{dataset} longer (%)",
             "best seed (%)",
         ]
+        if spread:
+            header += ["in-dist worst seed (%)", "longer range (%)"]
         if select_best:
             header += ["best ckpt: in-dist (%)", "best ckpt: longer (%)"]
     header += ["steps", "train s"] + ["steps to 95% (per seed)"] * probed
     table = markdown_table(
         header,
-        [_table_row(pe, rows[pe], datasets, select_best) + probe_cells[pe] for pe in by_pe],
+        [_table_row(pe, rows[pe], datasets, select_best, spread) + probe_cells[pe] for pe in by_pe],
     )
-    seeds = sorted({s["seed"] for s in summaries})
     read_back = sum(bool(s.get("read_back")) for s in summaries)
     note = (
         f"\n{len(summaries)} runs ({len(by_pe)} PEs x {len(seeds)} seeds), {jobs} parallel jobs, "
         f"wall time {wall_seconds:.0f} s"
         + (f" ({read_back} runs read back from earlier, not timed)" if read_back else "")
         + ". Means over seeds; 'best seed' is the best seed's overall score"
+        + ("; 'worst seed' and 'range' (min-max) are over the seeds" if spread else "")
         + (
             "; 'best ckpt' is the checkpoint with the lowest in-distribution validation loss"
             if select_best
@@ -458,7 +462,7 @@ def write_comparison(
         )
         + ".\n"
     )
-    length_tables = "".join(_length_table(rows, dataset) for dataset in datasets)
+    length_tables = "".join(_length_table(rows, dataset, spread) for dataset in datasets)
     made = _environment_note(environment) if environment else ""
     write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}{made}{length_tables}")
     write_json(
@@ -497,7 +501,8 @@ def _environment_note(environment: dict[str, Any]) -> str:
 
 
 def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and best over seeds of the headline metric, its in/out-of-distribution parts and length curve."""
+    """Mean, best and per-seed values (in the order of ``metrics``) of the headline metric, its
+    in/out-of-distribution parts and its length curve."""
     headline = metrics[0]["headline"]
     overall = [m[headline] for m in metrics]
     stats: dict[str, Any] = {
@@ -510,40 +515,55 @@ def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
         values = [m.get(f"{headline}_{part}") for m in metrics]
         if all(v is not None for v in values):
             stats[f"{part}_mean"] = statistics.fmean(values)
+            stats[f"{part}_per_seed"] = values
     groups = metrics[0]["by_group"][headline]
     if all(str(group).isdigit() for group in groups):
-        stats["by_length_mean"] = {
-            int(group): statistics.fmean(m["by_group"][headline][group] for m in metrics) for group in groups
-        }
-        stats["by_length_best_seed"] = {
-            int(group): max(m["by_group"][headline][group] for m in metrics) for group in groups
-        }
+        per_seed = {int(group): [m["by_group"][headline][group] for m in metrics] for group in groups}
+        stats["by_length_mean"] = {length: statistics.fmean(values) for length, values in per_seed.items()}
+        stats["by_length_best_seed"] = {length: max(values) for length, values in per_seed.items()}
+        stats["by_length_per_seed"] = per_seed
     return stats
 
 
-def _length_table(rows: dict[str, dict[str, Any]], dataset: str) -> str:
-    """Markdown: the mean over seeds per evaluation length, a row per PE ("" for non-arithmetic datasets)."""
-    curves = {
-        pe: row[dataset]["by_length_mean"]
-        for pe, row in rows.items()
-        if row.get(dataset, {}).get("by_length_mean")
-    }
-    if not curves:
+def _range(values: list[float] | None) -> str:
+    """A Markdown cell: "min-max" in percent ("-" without values)."""
+    return "-" if not values else f"{percent(min(values))}-{percent(max(values))}"
+
+
+def _length_table(rows: dict[str, dict[str, Any]], dataset: str, spread: bool) -> str:
+    """Markdown: the mean over seeds per evaluation length, a row per PE, and with ``spread`` the min-max over
+    seeds in a second table ("" for non-arithmetic datasets)."""
+    stats = {pe: row[dataset] for pe, row in rows.items() if row.get(dataset, {}).get("by_length_mean")}
+    if not stats:
         return ""
-    lengths = sorted({length for curve in curves.values() for length in curve})
-    table = markdown_table(
-        ["PE", *map(str, lengths)],
-        [[pe, *(percent(curve.get(length)) for length in lengths)] for pe, curve in curves.items()],
+    lengths = sorted({length for pe_stats in stats.values() for length in pe_stats["by_length_mean"]})
+    header = ["PE", *map(str, lengths)]
+    means = markdown_table(
+        header,
+        [[pe, *(percent(s["by_length_mean"].get(length)) for length in lengths)] for pe, s in stats.items()],
     )
-    return f"\n## {dataset}: exact match (%) by operand length, mean over seeds\n\n{table}"
+    text = f"\n## {dataset}: exact match (%) by operand length, mean over seeds\n\n{means}"
+    if spread:
+        ranges = markdown_table(
+            header,
+            [
+                [pe, *(_range(s["by_length_per_seed"].get(length)) for length in lengths)]
+                for pe, s in stats.items()
+            ],
+        )
+        text += f"\n## {dataset}: exact match (%) by operand length, min-max over seeds\n\n{ranges}"
+    return text
 
 
-def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...], select_best: bool) -> list[str]:
+def _table_row(
+    pe: str, row: dict[str, Any], datasets: tuple[str, ...], select_best: bool, spread: bool
+) -> list[str]:
     cells = [pe]
     for dataset in datasets:
         stats = row.get(dataset) or {}
         if not stats:
-            cells += ["failed: " + "; ".join(row["errors"])[:80], "-", "-", "-"] + ["-", "-"] * select_best
+            cells += ["failed: " + "; ".join(row["errors"])[:80], "-", "-", "-"]
+            cells += ["-", "-"] * spread + ["-", "-"] * select_best
             continue
         cells += [
             percent(stats["overall_mean"]),
@@ -551,6 +571,10 @@ def _table_row(pe: str, row: dict[str, Any], datasets: tuple[str, ...], select_b
             percent(stats.get("out_of_distribution_mean")),
             percent(stats["overall_best"]),
         ]
+        if spread:
+            in_distribution = stats.get("in_distribution_per_seed")
+            worst = min(in_distribution) if in_distribution else None
+            cells += [percent(worst), _range(stats.get("out_of_distribution_per_seed"))]
         if select_best:
             best = stats.get("best_checkpoint", {})
             cells += [
