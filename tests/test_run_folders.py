@@ -131,6 +131,31 @@ def test_resuming_under_another_commit_warns_once(tmp_path, caplog):
     assert len(warnings) == 1 and "started at mathpe commit 000000000000, this is" in warnings[0]
 
 
+@pytest.mark.skipif(source_revision()["commit"] is None, reason="mathpe does not run from a git checkout")
+def test_compare_reads_back_a_run_of_another_commit_silently_and_says_where_it_was_trained(
+    tmp_path, caplog, capsys
+):
+    compare = ["compare", "--pe", "rope", *TINY_ADDITION, "--max_steps", "2", "--save_steps", "2", "--jobs", "1",
+               "--output_dir", str(tmp_path)]  # fmt: skip
+    assert main(compare) == 0
+    config_file = tmp_path / "rope-seed0" / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["source"] = {"commit": "0" * 40, "clean": True}
+    saved["machine"] |= {"cpu": "Other CPU", "cpu_capability": "AVX2"}
+    config_file.write_text(json.dumps(saved))
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        assert main([*compare, "--resume"]) == 0
+    assert not [record for record in caplog.records if "mixes two versions" in record.getMessage()]
+    comparison = json.loads((tmp_path / "comparison.json").read_text())
+    assert comparison["read_back_trained_at"] == [
+        {"commit": "0" * 40, "cpu": "Other CPU", "cpu_capability": "AVX2"}
+    ]
+    markdown = (tmp_path / "comparison.md").read_text()
+    assert "The runs read back were trained at commit 000000000000 on Other CPU (AVX2)." in markdown
+    assert comparison["environment"]["source"] == source_revision()  # the report's own commit, as before
+
+
 def truncate(path: Path, keep: float = 0.5) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])

@@ -329,17 +329,27 @@ def claim_comparison_dir(output_dir: Path, runs: list[RunConfig]) -> None:
     else:
         for run in runs:
             if holds_run(run.run_dir):
-                claim_run_dir(run, identity_settings(run, build_tasks(run)))
+                finished = (run.run_dir / "metrics.json").is_file()  # only read back: no code versions mix
+                claim_run_dir(run, identity_settings(run, build_tasks(run)), trains=not finished)
 
 
 def _read_back(config: RunConfig) -> dict[str, Any] | None:
-    """With ``resume``, the summary of a run whose folder already holds its metrics; else None (run it)."""
+    """With ``resume``, the summary of a run whose folder already holds its metrics; else None (run it).
+
+    ``trained_at``: the commit and CPU of its config.json (None where a run from before config.json has none).
+    """
     metrics_file = config.run_dir / "metrics.json"
     if not (config.resume and metrics_file.is_file()):
         return None
     finished = json.loads(metrics_file.read_text())
+    config_file = config.run_dir / "config.json"
+    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    machine = saved.get("machine") or {}
+    trained_at = {"commit": (saved.get("source") or {}).get("commit"), "cpu": machine.get("cpu"),
+                  "cpu_capability": machine.get("cpu_capability")}  # fmt: skip
     return {"pe": config.pe, "seed": config.seed, "metrics": finished["datasets"], "train": finished["train"],
-            "best": finished.get("best_checkpoint"), "read_back": True}  # fmt: skip
+            "best": finished.get("best_checkpoint"), "read_back": True,
+            "trained_at": trained_at if saved else None}  # fmt: skip
 
 
 def _run_one(config: RunConfig) -> dict[str, Any]:
@@ -463,7 +473,9 @@ def write_comparison(
         + ".\n"
     )
     length_tables = "".join(_length_table(rows, dataset, spread) for dataset in datasets)
-    made = _environment_note(environment) if environment else ""
+    places = {tuple(s["trained_at"].items()) for s in summaries if s.get("trained_at")}
+    trained_at = [dict(place) for place in sorted(places, key=str)]
+    made = (_environment_note(environment) if environment else "") + _read_back_note(trained_at)
     write_text(output_dir / "comparison.md", f"# PE comparison\n\n{table}{note}{made}{length_tables}")
     write_json(
         output_dir / "comparison.json",
@@ -475,6 +487,7 @@ def write_comparison(
             "jobs": jobs,
             "settings": configs[0].to_dict() | {"pe": None, "seed": None},
             "environment": environment,
+            "read_back_trained_at": trained_at,
         },
     )
     if curves:
@@ -498,6 +511,18 @@ def _environment_note(environment: dict[str, Any]) -> str:
         f"{environment['machine']['cpu']} ({environment['machine']['cpu_capability']}), torch {versions['torch']}, "
         f"transformers {versions['transformers']}, accelerate {versions['accelerate']}.\n"
     )
+
+
+def _read_back_note(trained_at: list[dict[str, Any]]) -> str:
+    """One Markdown line: where the runs read back were trained ("" when none say)."""
+    if not trained_at:
+        return ""
+    places = "; ".join(
+        f"{'no git checkout' if where['commit'] is None else 'commit ' + where['commit'][:12]} on "
+        f"{where['cpu']} ({where['cpu_capability']})"
+        for where in trained_at
+    )
+    return f"\nThe runs read back were trained at {places}.\n"
 
 
 def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:

@@ -163,12 +163,13 @@ def holds_run(run_dir: Path) -> bool:
     )
 
 
-def claim_run_dir(config: RunConfig, identity: dict[str, Any]) -> None:
+def claim_run_dir(config: RunConfig, identity: dict[str, Any], *, trains: bool = True) -> None:
     """Make ``config.run_dir`` this run's before anything is written into it.
 
     A folder that holds a run is refused unless ``--overwrite`` (its contents are deleted) or ``--resume``
     with the same identity settings (``differing_settings``: everything but the budget-like
-    ``RESUMABLE_SETTINGS``, plus the data's hash). Resuming under another mathpe commit warns.
+    ``RESUMABLE_SETTINGS``, plus the data's hash). Resuming under another mathpe commit warns, unless
+    ``trains`` is False (a finished run that ``mathpe compare --resume`` only reads back).
     """
     run_dir = config.run_dir
     if not holds_run(run_dir):
@@ -191,7 +192,7 @@ def claim_run_dir(config: RunConfig, identity: dict[str, Any]) -> None:
             "choose another --output_dir, or --overwrite to replace it"
         )
     saved_commit, commit = (saved.get("source") or {}).get("commit"), source_revision()["commit"]
-    if saved_commit and commit and saved_commit != commit:
+    if trains and saved_commit and commit and saved_commit != commit:
         logger.warning(
             "--resume: %s was started at mathpe commit %s, this is %s: the run mixes two versions of the code",
             run_dir,
