@@ -146,6 +146,7 @@ def test_compare_reports_the_spread_over_seeds(tmp_path):
         fake_summary("rope", 0, None, probed=False, scores=(0.98, 0.30)),
         fake_summary("rope", 1, None, probed=False, scores=(0.94, 0.10)),
         fake_summary("rope", 2, None, probed=False, scores=(1.00, 0.20)),
+        *(fake_summary("alibi", seed, None, probed=False) for seed in (0, 1, 2)),
     ]
     table = write_comparison(tmp_path, [config], summaries, wall_seconds=1.0, jobs=1)
     rope = json.loads((tmp_path / "comparison.json").read_text())["pes"]["rope"]["addition"]
@@ -158,6 +159,8 @@ def test_compare_reports_the_spread_over_seeds(tmp_path):
     markdown = (tmp_path / "comparison.md").read_text()
     assert "## addition: exact match (%) by operand length, min-max over seeds" in markdown
     assert "| rope | 94.0-100.0 | 10.0-30.0 |" in markdown
+    # alibi's seeds agree: its min-max row shows one number per length, as its mean row does
+    assert markdown.count("| alibi | 90.0 | 10.0 |") == 2
 
 
 def test_one_seed_has_no_spread_columns(tmp_path):

@@ -551,8 +551,11 @@ def _dataset_stats(metrics: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _range(values: list[float] | None) -> str:
-    """A Markdown cell: "min-max" in percent ("-" without values)."""
-    return "-" if not values else f"{percent(min(values))}-{percent(max(values))}"
+    """A Markdown cell: "min-max" in percent, one number when the seeds agree ("-" without values)."""
+    if not values:
+        return "-"
+    low, high = percent(min(values)), percent(max(values))
+    return low if low == high else f"{low}-{high}"
 
 
 def _length_table(rows: dict[str, dict[str, Any]], dataset: str, spread: bool) -> str:
