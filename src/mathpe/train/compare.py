@@ -26,7 +26,7 @@ import torch
 
 from mathpe.errors import ConfigError
 from mathpe.eval.report import markdown_table, percent, plot_accuracy_by_length, write_json, write_text
-from mathpe.train.config import RunConfig
+from mathpe.train.config import RunConfig, read_config_json
 
 #: The eight methods mathpe was founded on, in the order the README's tables list them.
 FOUNDING_PES: tuple[str, ...] = (
@@ -343,7 +343,7 @@ def _read_back(config: RunConfig) -> dict[str, Any] | None:
         return None
     finished = json.loads(metrics_file.read_text())
     config_file = config.run_dir / "config.json"
-    saved = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    saved = read_config_json(config_file) if config_file.is_file() else {}
     machine = saved.get("machine") or {}
     trained_at = {"commit": (saved.get("source") or {}).get("commit"), "cpu": machine.get("cpu"),
                   "cpu_capability": machine.get("cpu_capability")}  # fmt: skip

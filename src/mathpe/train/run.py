@@ -191,8 +191,10 @@ def claim_run_dir(config: RunConfig, identity: dict[str, Any], *, trains: bool =
             f"--resume: {run_dir} holds a run with other settings ({'; '.join(differences)}); "
             "choose another --output_dir, or --overwrite to replace it"
         )
+    if not trains:
+        return
     saved_commit, commit = (saved.get("source") or {}).get("commit"), source_revision()["commit"]
-    if trains and saved_commit and commit and saved_commit != commit:
+    if saved_commit and commit and saved_commit != commit:
         logger.warning(
             "--resume: %s was started at mathpe commit %s, this is %s: the run mixes two versions of the code",
             run_dir,
