@@ -16,6 +16,10 @@ operand length with the committed one:
   1,000 training steps those differences can move a tiny model's accuracy on a few hundred problems by
   several points; the default tolerance allows for that (docs/runs.md).
 
+A committed table is made on one machine; ``check_cells.json`` beside its comparison.json holds the same cell
+as measured on other machines (``--record`` adds this machine's after a run within tolerance), so that the
+check is exact there too: a cell whose environment equals this one is compared number for number.
+
 Exit status 0 when the numbers agree, 1 when they do not.
 """
 
@@ -60,6 +64,43 @@ def environment_differences(committed: dict | None, current: dict) -> list[str]:
     return differences
 
 
+def exact_reference(
+    comparison: dict, cells: list[dict], pe: str, seed: int, current: dict
+) -> dict[str, dict] | None:
+    """Per dataset, the committed ``{"overall", "by_length"}`` of ``pe``/``seed`` measured in ``current``'s
+    environment: the table's own (when it was made here) or a recorded cell's; None when neither was."""
+    row = comparison["pes"][pe]
+    if not environment_differences(comparison.get("environment"), current):
+        seed_index = row["seeds"].index(seed)
+        datasets = [name for name, value in row.items() if isinstance(value, dict) and "per_seed" in value]
+        return {
+            name: {
+                "overall": row[name]["per_seed"][seed_index],
+                # per-length numbers of one seed exist only when the table has one seed
+                "by_length": row[name]["by_length_mean"] if len(row["seeds"]) == 1 else None,
+            }
+            for name in datasets
+        }
+    for cell in cells:
+        if (
+            cell["pe"] == pe
+            and cell["seed"] == seed
+            and not environment_differences(cell["environment"], current)
+        ):
+            return cell["datasets"]
+    return None
+
+
+def recorded_cell(pe: str, seed: int, metrics: dict, environment: dict) -> dict:
+    """A ``check_cells.json`` entry: this run's numbers per dataset and the environment they hold in."""
+    datasets = {}
+    for name, measured in metrics.items():
+        headline = measured["headline"]
+        by_length = {str(k): v for k, v in measured["by_group"][headline].items()}
+        datasets[name] = {"overall": measured[headline], "by_length": by_length}
+    return {"pe": pe, "seed": seed, "datasets": datasets, "environment": environment}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=Path("results/quick"))
@@ -69,9 +110,16 @@ def main() -> int:
     parser.add_argument(
         "--output_dir", type=Path, default=None, help="keep the run here (default: temporary)"
     )
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="add this machine's numbers to check_cells.json when they are within tolerance of the table",
+    )
     args = parser.parse_args()
 
     comparison = json.loads((args.results / "comparison.json").read_text())
+    cells_path = args.results / "check_cells.json"
+    cells = json.loads(cells_path.read_text())["cells"] if cells_path.exists() else []
     committed_environment = comparison.get("environment")
     threads = (committed_environment or {}).get("threads_per_run") or 1
     row = comparison["pes"][args.pe]
@@ -96,30 +144,41 @@ def main() -> int:
         )
         metrics = run_experiment(config, progress=False).metrics
 
-    failures, exact = [], not environment_differences(committed_environment, current_environment)
+    reference = exact_reference(comparison, cells, args.pe, args.seed, current_environment)
+    failures = []
     for dataset, measured in metrics.items():
-        headline, expected = measured["headline"], row[dataset]
-        committed_overall = expected["per_seed"][seed_index]
-        print(
-            f"{dataset} {headline}: committed {percent(committed_overall)}%, now {percent(measured[headline])}%"
-        )
-        if exact:
-            committed_by_length = expected["by_length_mean"] if len(row["seeds"]) == 1 else None
+        headline = measured["headline"]
+        committed_overall = row[dataset]["per_seed"][seed_index]
+        now = measured[headline]
+        print(f"{dataset} {headline}: committed {percent(committed_overall)}%, now {percent(now)}%")
+        if reference is not None:
+            expected = reference[dataset]
             now_by_length = {str(k): v for k, v in measured["by_group"][headline].items()}
-            if measured[headline] != committed_overall or (
-                committed_by_length and committed_by_length != now_by_length
+            if now != expected["overall"] or (
+                expected["by_length"] and expected["by_length"] != now_by_length
             ):
                 failures.append(
-                    f"{dataset}: differs in the same environment ({committed_by_length} -> {now_by_length})"
+                    f"{dataset}: differs in the same environment ({expected['by_length']} -> {now_by_length})"
                 )
-        elif abs(measured[headline] - committed_overall) * 100 > args.tolerance:
-            failures.append(f"{dataset}: {percent(committed_overall)}% -> {percent(measured[headline])}%")
-    if exact:
-        print("mode: exact (same threads, CPU and torch/transformers/accelerate versions)")
+        elif abs(now - committed_overall) * 100 > args.tolerance:
+            failures.append(f"{dataset}: {percent(committed_overall)}% -> {percent(now)}%")
+    if reference is not None:
+        source = (
+            "the table"
+            if not environment_differences(committed_environment, current_environment)
+            else cells_path
+        )
+        print(f"mode: exact against {source} (same threads, CPU and torch/transformers/accelerate versions)")
     else:
         print(f"mode: within {args.tolerance:g} percentage points; the environment differs:")
         for difference in environment_differences(committed_environment, current_environment):
             print(f"  {difference}")
+    if args.record and reference is not None:
+        print("this environment already has exact numbers: nothing recorded")
+    elif args.record and not failures:
+        cells.append(recorded_cell(args.pe, args.seed, metrics, current_environment))
+        cells_path.write_text(json.dumps({"cells": cells}, indent=2) + "\n")
+        print(f"recorded this machine's numbers in {cells_path}")
     print("FAILED: " + "; ".join(failures) if failures else "OK: the committed numbers reproduce")
     return 1 if failures else 0
 
