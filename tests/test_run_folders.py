@@ -16,7 +16,7 @@ from mathpe.data import FIXTURES_DIR
 from mathpe.errors import ConfigError
 from mathpe.eval.report import write_json
 from mathpe.train.config import RunConfig
-from mathpe.train.run import build_tasks, claim_run_dir, identity_settings, source_revision
+from mathpe.train.run import build_tasks, claim_run_dir, data_sha256, identity_settings, source_revision
 from mathpe.train.trainer import checkpoint_problem
 from test_cli import TINY_ADDITION, final_weights
 
@@ -108,22 +108,24 @@ def test_the_data_is_compared_by_its_hash_not_by_its_folder(tmp_path, caplog):
     made = RunConfig(datasets=("gsm8k",), data_dir=str(data_dir("a")), output_dir=str(tmp_path / "run"))
     write_json(
         made.run_dir / "config.json",
-        {**identity_settings(made, build_tasks(made)), "source": source_revision()},
+        {**identity_settings(made, data_sha256(build_tasks(made))), "source": source_revision()},
     )
 
     moved = dataclasses.replace(made, data_dir=str(data_dir("b")), resume=True)
-    claim_run_dir(moved, identity_settings(moved, build_tasks(moved)))  # the same files elsewhere: accepted
+    claim_run_dir(
+        moved, identity_settings(moved, data_sha256(build_tasks(moved)))
+    )  # the same files elsewhere: accepted
 
     edited = dataclasses.replace(made, data_dir=str(data_dir("c", edit=True)), resume=True)
     assert "Mia buys" in (FIXTURES_DIR / "gsm8k.jsonl").read_text()  # the edit changes the data
     with pytest.raises(ConfigError, match=r"other settings \(data_sha256: "):
-        claim_run_dir(edited, identity_settings(edited, build_tasks(edited)))
+        claim_run_dir(edited, identity_settings(edited, data_sha256(build_tasks(edited))))
 
 
 @pytest.mark.skipif(source_revision()["commit"] is None, reason="mathpe does not run from a git checkout")
 def test_resuming_under_another_commit_warns_once(tmp_path, caplog):
     config = RunConfig(output_dir=str(tmp_path), train_samples=8, eval_samples=1)
-    identity = identity_settings(config, build_tasks(config))
+    identity = identity_settings(config, data_sha256(build_tasks(config)))
     write_json(tmp_path / "config.json", {**identity, "source": {"commit": "0" * 40, "clean": True}})
     with caplog.at_level("WARNING"):
         claim_run_dir(dataclasses.replace(config, resume=True), identity)
@@ -242,3 +244,33 @@ def test_compare_into_an_existing_comparison_needs_resume_or_overwrite(tmp_path,
     assert not (tmp_path / "stale.txt").exists() and (tmp_path / "comparison.json").is_file()
     assert not (tmp_path / "alibi-seed0").exists()
     assert capsys.readouterr().err == ""  # --quiet: no progress
+
+
+def test_compare_resume_generates_each_seeds_data_once(tmp_path, monkeypatch):
+    from mathpe.train import run as run_module
+    from mathpe.train.compare import claim_comparison_dir
+
+    runs = [
+        RunConfig(
+            pe=pe,
+            seed=seed,
+            train_samples=8,
+            eval_samples=1,
+            output_dir=str(tmp_path / f"{pe}-seed{seed}"),
+            resume=True,
+        )
+        for pe in ("rope", "alibi", "nope")
+        for seed in (0, 1)
+    ]
+    for run in runs:  # finished runs of these settings (their folders hold config.json)
+        write_json(run.run_dir / "config.json", identity_settings(run, data_sha256(build_tasks(run))))
+    built = []
+    monkeypatch.setattr(
+        run_module, "build_tasks", lambda config: built.append(config.seed) or build_tasks(config)
+    )
+    claim_comparison_dir(tmp_path, runs)  # every run's data matches: accepted
+    assert sorted(built) == [0, 1]
+
+    other_data = [dataclasses.replace(run, train_samples=9) for run in runs]
+    with pytest.raises(ConfigError, match=r"holds a run with other settings \(.*train_samples"):
+        claim_comparison_dir(tmp_path, other_data)

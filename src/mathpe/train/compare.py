@@ -310,7 +310,14 @@ def claim_comparison_dir(output_dir: Path, runs: list[RunConfig]) -> None:
     ``--overwrite`` (which deletes it); with ``--resume`` every run already there must have the settings
     asked for now (``mathpe.train.run.claim_run_dir``).
     """
-    from mathpe.train.run import build_tasks, claim_run_dir, holds_run, identity_settings
+    from mathpe.train.run import (
+        build_tasks,
+        claim_run_dir,
+        data_inputs,
+        data_sha256,
+        holds_run,
+        identity_settings,
+    )
 
     existing = (
         [path for path in output_dir.iterdir() if path.is_dir() and holds_run(path)]
@@ -327,10 +334,14 @@ def claim_comparison_dir(output_dir: Path, runs: list[RunConfig]) -> None:
             f"{output_dir} already holds a comparison; continue it with --resume or replace it with --overwrite"
         )
     else:
+        digests: dict[str, str] = {}  # the PEs of one seed share their data: generate and hash it once
         for run in runs:
             if holds_run(run.run_dir):
+                key = repr(data_inputs(run))
+                if key not in digests:
+                    digests[key] = data_sha256(build_tasks(run))
                 finished = (run.run_dir / "metrics.json").is_file()  # only read back: no code versions mix
-                claim_run_dir(run, identity_settings(run, build_tasks(run)), trains=not finished)
+                claim_run_dir(run, identity_settings(run, digests[key]), trains=not finished)
 
 
 def _read_back(config: RunConfig) -> dict[str, Any] | None:

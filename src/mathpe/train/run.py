@@ -97,7 +97,7 @@ def run_experiment(config: RunConfig, *, progress: bool = True) -> RunResult:
     run_dir = config.run_dir
     tokenizer = build_tokenizer(config)
     tasks = build_tasks(config)
-    identity = identity_settings(config, tasks)
+    identity = identity_settings(config, data_sha256(tasks))
     main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun's global rank, before Trainer starts
     if main_process:
         claim_run_dir(config, identity)
@@ -143,17 +143,32 @@ def build_tasks(config: RunConfig) -> list[Task]:
     ]
 
 
-def identity_settings(config: RunConfig, tasks: list[Task]) -> dict[str, Any]:
-    """What ``--resume`` compares with the run folder's config.json: every setting, and ``data_sha256``.
+def data_inputs(config: RunConfig) -> tuple:
+    """What ``build_tasks`` draws the data from: runs that agree here (the PEs of one seed) have equal data."""
+    return (
+        tuple(config.datasets),
+        config.seed,
+        config.train_samples,
+        config.eval_samples,
+        config.data_dir,
+        config.arithmetic,
+    )
 
-    ``data_sha256`` hashes the data the run actually uses (training, validation and evaluation items of
-    every task), so the same files under another ``--data_dir`` match and an edited file does not.
-    """
+
+def data_sha256(tasks: list[Task]) -> str:
+    """A hash of the data a run uses (training, validation and evaluation items of every task), so the same
+    files under another ``--data_dir`` match and an edited file does not."""
     digest = hashlib.sha256()
     for task in tasks:
         items = [(item.prompt, item.reference, item.group) for item in task.eval_items]
         digest.update(json.dumps([task.name, task.train_pairs, task.validation_pairs, items]).encode())
-    return {**config.to_dict(), "data_sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+def identity_settings(config: RunConfig, data_digest: str) -> dict[str, Any]:
+    """What ``--resume`` compares with the run folder's config.json: every setting, and ``data_sha256``
+    (``data_sha256(build_tasks(config))``)."""
+    return {**config.to_dict(), "data_sha256": data_digest}
 
 
 def holds_run(run_dir: Path) -> bool:
