@@ -66,14 +66,15 @@ def environment_differences(committed: dict | None, current: dict) -> list[str]:
 
 def exact_reference(
     comparison: dict, cells: list[dict], pe: str, seed: int, current: dict
-) -> dict[str, dict] | None:
-    """Per dataset, the committed ``{"overall", "by_length"}`` of ``pe``/``seed`` measured in ``current``'s
-    environment: the table's own (when it was made here) or a recorded cell's; None when neither was."""
+) -> tuple[str, dict[str, dict]] | None:
+    """Where the committed numbers of ``pe``/``seed`` measured in ``current``'s environment are (``"table"``
+    when the table was made here, else ``"cell"``: a recorded cell's) and, per dataset, their
+    ``{"overall", "by_length"}``; None when neither was measured here."""
     row = comparison["pes"][pe]
     if not environment_differences(comparison.get("environment"), current):
         seed_index = row["seeds"].index(seed)
         datasets = [name for name, value in row.items() if isinstance(value, dict) and "per_seed" in value]
-        return {
+        return "table", {
             name: {
                 "overall": row[name]["per_seed"][seed_index],
                 # per-length numbers of one seed exist only when the table has one seed
@@ -87,7 +88,7 @@ def exact_reference(
             and cell["seed"] == seed
             and not environment_differences(cell["environment"], current)
         ):
-            return cell["datasets"]
+            return "cell", cell["datasets"]
     return None
 
 
@@ -145,29 +146,28 @@ def main() -> int:
         metrics = run_experiment(config, progress=False).metrics
 
     reference = exact_reference(comparison, cells, args.pe, args.seed, current_environment)
+    measured_cell = recorded_cell(args.pe, args.seed, metrics, current_environment)
     failures = []
-    for dataset, measured in metrics.items():
-        headline = measured["headline"]
+    for dataset, measured in measured_cell["datasets"].items():
         committed_overall = row[dataset]["per_seed"][seed_index]
-        now = measured[headline]
-        print(f"{dataset} {headline}: committed {percent(committed_overall)}%, now {percent(now)}%")
+        now = measured["overall"]
+        print(
+            f"{dataset} {metrics[dataset]['headline']}: committed {percent(committed_overall)}%, "
+            f"now {percent(now)}%"
+        )
         if reference is not None:
-            expected = reference[dataset]
-            now_by_length = {str(k): v for k, v in measured["by_group"][headline].items()}
+            expected = reference[1][dataset]
             if now != expected["overall"] or (
-                expected["by_length"] and expected["by_length"] != now_by_length
+                expected["by_length"] and expected["by_length"] != measured["by_length"]
             ):
                 failures.append(
-                    f"{dataset}: differs in the same environment ({expected['by_length']} -> {now_by_length})"
+                    f"{dataset}: differs in the same environment "
+                    f"({expected['by_length']} -> {measured['by_length']})"
                 )
         elif abs(now - committed_overall) * 100 > args.tolerance:
             failures.append(f"{dataset}: {percent(committed_overall)}% -> {percent(now)}%")
     if reference is not None:
-        source = (
-            "the table"
-            if not environment_differences(committed_environment, current_environment)
-            else cells_path
-        )
+        source = "the table" if reference[0] == "table" else cells_path
         print(f"mode: exact against {source} (same threads, CPU and torch/transformers/accelerate versions)")
     else:
         print(f"mode: within {args.tolerance:g} percentage points; the environment differs:")
@@ -176,7 +176,7 @@ def main() -> int:
     if args.record and reference is not None:
         print("this environment already has exact numbers: nothing recorded")
     elif args.record and not failures:
-        cells.append(recorded_cell(args.pe, args.seed, metrics, current_environment))
+        cells.append(measured_cell)
         cells_path.write_text(json.dumps({"cells": cells}, indent=2) + "\n")
         print(f"recorded this machine's numbers in {cells_path}")
     print("FAILED: " + "; ".join(failures) if failures else "OK: the committed numbers reproduce")

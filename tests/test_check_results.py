@@ -62,11 +62,12 @@ def test_exact_reference_is_the_table_made_here_or_a_cell_recorded_here():
     reference = check_results.exact_reference
 
     table_here = quick_table(ENVIRONMENT)
-    assert reference(table_here, [cell], "rope", 0, ENVIRONMENT) == {
-        "addition": {"overall": 0.3, "by_length": {"1": 0.9, "2": 0.0, "3": 0.0}}
-    }
+    assert reference(table_here, [cell], "rope", 0, ENVIRONMENT) == (
+        "table",
+        {"addition": {"overall": 0.3, "by_length": {"1": 0.9, "2": 0.0, "3": 0.0}}},
+    )
     table_elsewhere = quick_table(XEON)
-    assert reference(table_elsewhere, [cell], "rope", 0, ENVIRONMENT) == cell["datasets"]
+    assert reference(table_elsewhere, [cell], "rope", 0, ENVIRONMENT) == ("cell", cell["datasets"])
     assert reference(table_elsewhere, [], "rope", 0, ENVIRONMENT) is None
     assert reference(table_elsewhere, [cell], "rope", 1, ENVIRONMENT) is None  # another seed's cell
     assert reference(table_elsewhere, [{**cell, "pe": "alibi"}], "rope", 0, ENVIRONMENT) is None
